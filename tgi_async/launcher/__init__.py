@@ -1,0 +1,1 @@
+"""Process management: spawn shards and the router, wait for readiness, stop them cleanly."""
