@@ -17,7 +17,6 @@ PYTEST_ARGS ?=
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 
 # The stamp changes when the dependency list does.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
@@ -60,7 +59,9 @@ proto: install
 	       -e '/^_runtime_version.ValidateProtobufRuntimeVersion(/,/^)/d' tgi_async/proto/generate_pb2.py
 
 bench: install tiny-model
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.shard_step
+	$(BIN)/python -m benchmarks.router_cpu
+	$(BIN)/python -m benchmarks.schedulers
 
 clean:
 	rm -rf $(VENV) $(CACHE_DIR) .pytest_cache .ruff_cache

@@ -1,52 +1,20 @@
-"""Shared fixtures: the tiny model (built once per machine) and real shard processes over Unix sockets."""
+"""Shared test fixtures: real shard and router processes over Unix sockets and loopback HTTP."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tgi_async.launcher.processes import ChildProcess, spawn, tgi_async_command, wait_for_path
+from tgi_async.launcher.processes import ChildProcess, short_tmp_dir, start_bundled_shard, start_router
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE_DIR = Path(os.environ.get("TGI_ASYNC_CACHE", REPO / ".cache"))
-
-
-def tiny_model_path(seed: int = 0) -> Path:
-    """Build the tiny model once under the cache dir (a marker file says it is complete)."""
-    from tgi_async.tiny_model import make_tiny_model
-
-    directory = CACHE_DIR / f"tiny-model-seed{seed}"
-    if not (directory / "tgi_async_tiny.json").exists():
-        make_tiny_model(directory, seed=seed)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir() -> Path:
-    return tiny_model_path()
-
-
-def short_tmp_dir() -> str:
-    """A short directory for Unix sockets (their paths are limited to ~100 bytes)."""
-    return tempfile.mkdtemp(prefix="tgia-", dir="/tmp")
+__all__ = ["short_tmp_dir", "start_shard"]  # shared with tests/telemetry
 
 
 def start_shard(model_dir: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[ChildProcess, str]:
-    """Start `tgi-async shard serve` on a fresh socket; returns the process and the rank-0 socket path."""
-    directory = short_tmp_dir()
-    uds = os.path.join(directory, "shard")
-    child = spawn(
-        "shard",
-        tgi_async_command("shard", "serve", str(model_dir), "--uds-path", uds, *extra),
-        log_path=Path(directory) / "shard.log",
-        env=env,
-    )
-    wait_for_path(child, f"{uds}-0")
-    return child, f"{uds}-0"
+    return start_bundled_shard(model_dir, *extra, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +23,43 @@ def shard(tiny_model_dir: Path) -> Iterator[str]:
     child, socket_path = start_shard(tiny_model_dir)
     yield socket_path
     child.stop()
+
+
+# Every HTTP-level test runs against both schedulers: the async one must pass everything the sync one does.
+SCHEDULERS = [s for s in os.environ.get("TGI_ASYNC_TEST_SCHEDULERS", "async,sync").split(",") if s]
+
+
+@pytest.fixture(scope="session", params=SCHEDULERS)
+def scheduler_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def router_factory(tiny_model_dir: Path, scheduler_name: str) -> Iterator:
+    """`router_factory(*flags) -> url`: a shard + router with extra router flags, started once per flag set.
+
+    Each router gets its own shard (two routers must never share a shard's batch ids).
+    """
+    started: dict[tuple[str, ...], str] = {}
+    children: list[ChildProcess] = []
+
+    def start(*flags: str) -> str:
+        if flags not in started:
+            shard_child, socket_path = start_shard(tiny_model_dir)
+            children.append(shard_child)
+            router_child, url = start_router(
+                tiny_model_dir, socket_path, "--scheduler", scheduler_name, *flags
+            )
+            children.append(router_child)
+            started[flags] = url
+        return started[flags]
+
+    yield start
+    for child in reversed(children):
+        child.stop()
+
+
+@pytest.fixture(scope="session")
+def router_url(router_factory) -> str:
+    """Base URL of a router + bundled shard on the tiny model, for the session (per scheduler)."""
+    return router_factory()

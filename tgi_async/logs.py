@@ -1,4 +1,4 @@
-"""Process-wide logging: one line per event, JSON lines with `--json-output` (the shape of TGI's JSON logs)."""
+"""Process-wide logging: one line per event; JSON lines with `--json-output`, shaped like TGI's."""
 
 from __future__ import annotations
 

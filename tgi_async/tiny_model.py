@@ -87,7 +87,7 @@ def build_tokenizer(seed: int):
 
 
 def make_tiny_model(directory: str | Path, seed: int = 0) -> Path:
-    """Write the model (safetensors), tokenizer and generation config to `directory`; deterministic in seed."""
+    """Write model (safetensors), tokenizer and generation config to `directory`; deterministic in seed."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -119,4 +119,12 @@ def make_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     (directory / "tgi_async_tiny.json").write_text(json.dumps({"seed": seed}))
+    return directory
+
+
+def cached_tiny_model(cache_dir: str | Path, seed: int = 0) -> Path:
+    """The tiny model under `cache_dir`, built on first use (a marker file says it is complete)."""
+    directory = Path(cache_dir) / f"tiny-model-seed{seed}"
+    if not (directory / "tgi_async_tiny.json").exists():
+        make_tiny_model(directory, seed=seed)
     return directory

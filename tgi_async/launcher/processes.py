@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +25,15 @@ class ChildProcess:
     popen: subprocess.Popen
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    recent: deque[str] | None = None  # last output lines, for children started by `spawn_streaming`
+    reader: threading.Thread | None = None  # the thread reading its output (`spawn_streaming`)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
+        if self.recent is not None:
+            return "\n".join(list(self.recent)[-lines:])
         if self.log_path is None or not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -45,7 +51,7 @@ class ChildProcess:
 
 
 def tgi_async_command(*args: str) -> list[str]:
-    """argv running a tgi-async subcommand with this interpreter (works without the console script on PATH)."""
+    """argv running a tgi-async subcommand with this interpreter (no need for the console script on PATH)."""
     return [sys.executable, "-m", "tgi_async.cli", *args]
 
 
@@ -53,13 +59,67 @@ def spawn(
     name: str, argv: Sequence[str], log_path: Path | None = None, env: dict[str, str] | None = None
 ) -> ChildProcess:
     full_env = {**os.environ, **(env or {})}
-    log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 - owned by the child
+    log = open(log_path, "ab") if log_path is not None else None
     popen = subprocess.Popen(
         list(argv), stdout=log or None, stderr=subprocess.STDOUT if log else None, env=full_env
     )
     if log is not None:
         log.close()
     return ChildProcess(name=name, argv=list(argv), popen=popen, log_path=log_path, env=env or {})
+
+
+def spawn_streaming(
+    name: str,
+    argv: Sequence[str],
+    env: dict[str, str],
+    on_line: Callable[[str, str], None],
+    keep_lines: int = 200,
+) -> ChildProcess:
+    """Start a child with exactly `env`, in its own session, its output read line by line.
+
+    Each stdout/stderr line goes to `on_line(name, line)` from a reader thread and is kept (the last
+    `keep_lines`) for `log_tail`. NOTE: its own session keeps a terminal's Ctrl-C away from the child, so
+    the parent decides the shutdown order (as TGI's launcher does with a process group).
+    """
+    popen = subprocess.Popen(
+        list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    recent: deque[str] = deque(maxlen=keep_lines)
+    child = ChildProcess(name=name, argv=list(argv), popen=popen, env=env, recent=recent)
+
+    def pump() -> None:
+        assert popen.stdout is not None
+        for raw in iter(popen.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            recent.append(line)
+            on_line(name, line)
+        popen.stdout.close()
+
+    child.reader = threading.Thread(target=pump, name=f"{name}-output", daemon=True)
+    child.reader.start()
+    return child
+
+
+def stop_all(children: Sequence[ChildProcess], timeout: float) -> None:
+    """SIGTERM every live child at once, wait up to `timeout` seconds in total, then SIGKILL the rest."""
+    for child in children:
+        if child.alive():
+            child.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.popen.kill()
+            child.popen.wait()
+    for child in children:
+        if child.reader is not None:
+            child.reader.join(timeout=1.0)
 
 
 def wait_for_path(child: ChildProcess, path: str | Path, timeout: float = 120.0) -> None:
@@ -88,3 +148,53 @@ def wait_for_http(child: ChildProcess, url: str, timeout: float = 120.0) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"{child.name}: {url} not healthy in {timeout}s:\n{child.log_tail()}")
         time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def short_tmp_dir() -> str:
+    """A short directory for Unix sockets (their paths are limited to ~100 bytes)."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="tgia-", dir="/tmp")
+
+
+def start_bundled_shard(
+    model_dir: str | Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[ChildProcess, str]:
+    """Start `tgi-async shard serve` on a fresh socket; returns the process and its rank-0 socket path."""
+    directory = short_tmp_dir()
+    uds = os.path.join(directory, "shard")
+    argv = tgi_async_command("shard", "serve", str(model_dir), "--uds-path", uds, *extra)
+    child = spawn("shard", argv, log_path=Path(directory) / "shard.log", env=env)
+    wait_for_path(child, f"{uds}-0")
+    return child, f"{uds}-0"
+
+
+def start_router(model_dir: str | Path, shard_socket: str, *args: str) -> tuple[ChildProcess, str]:
+    """Start `tgi-async router` on a free port against a running shard; returns it and its base URL."""
+    port = free_port()
+    argv = tgi_async_command(
+        "router",
+        "--master-shard-uds-path",
+        shard_socket,
+        "--tokenizer-name",
+        str(model_dir),
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--prometheus-port",
+        str(free_port()),
+        *args,
+    )
+    child = spawn("router", argv, log_path=Path(short_tmp_dir()) / "router.log")
+    wait_for_http(child, f"http://127.0.0.1:{port}/health")
+    return child, f"http://127.0.0.1:{port}"

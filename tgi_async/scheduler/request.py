@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
-ErrorType = Literal["validation", "generation", "overloaded", "incomplete_generation"]
+ErrorType = Literal[
+    "validation",
+    "generation",
+    "overloaded",
+    "incomplete_generation",
+    # raised by the API layer only (TGI's other InferError kinds)
+    "incomplete_generation_stream",
+    "template_error",
+    "missing_template_variable",
+    "tool_error",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,8 @@ class GenerateRequest:
     add_special_tokens: bool = True
     prefill_logprobs: bool = False  # return the prompt's tokens with logprobs (decoder_input_details)
     top_n_tokens: int = 0  # alternatives returned per generated token
+    input_ids: tuple[int, ...] = ()  # the prompt's token ids after truncation (the router's tokenizer)
+    adapter_id: str | None = None  # LoRA adapter asked for, passed through to the shard
 
     @property
     def max_total_tokens(self) -> int:

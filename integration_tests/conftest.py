@@ -1,0 +1,61 @@
+"""Whole stacks started as users start them: `tgi-async launch` (bundled or TGI's shard) + real clients."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tgi_async.launcher.processes import (
+    ChildProcess,
+    free_port,
+    short_tmp_dir,
+    spawn,
+    tgi_async_command,
+    wait_for_http,
+)
+
+
+def tgi_shard_available() -> str | None:
+    """Why TGI's own shard cannot be used here, or None when it can."""
+    binary = os.environ.get("TGI_SHARD_BIN")
+    if binary:
+        return None if shutil.which(binary) or Path(binary).exists() else f"TGI_SHARD_BIN={binary} not found"
+    if importlib.util.find_spec("text_generation_server") is not None:
+        return None
+    return "TGI's text-generation-server is not installed here (set TGI_SHARD_BIN to run these tests)"
+
+
+def launch(model_dir: Path, *flags: str) -> tuple[ChildProcess, str]:
+    """`tgi-async launch` on free ports; returns the launcher and the router's base URL once healthy."""
+    port = free_port()
+    directory = short_tmp_dir()
+    argv = tgi_async_command(
+        "launch",
+        "--model-id",
+        str(model_dir),
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--prometheus-port",
+        str(free_port()),
+        "--shard-uds-path",
+        os.path.join(directory, "shard"),
+        *flags,
+    )
+    child = spawn("launcher", argv, log_path=Path(directory) / "launch.log")
+    wait_for_http(child, f"http://127.0.0.1:{port}/health", timeout=300)
+    return child, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module", params=["async", "sync"])
+def launched(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[str]:
+    """The bundled stack under each scheduler, launched like `make run` does."""
+    child, url = launch(tiny_model_dir, "--shard", "bundled", "--scheduler", request.param)
+    yield url
+    assert child.stop(timeout=30) == 0, child.log_tail()

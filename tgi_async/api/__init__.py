@@ -1,0 +1,1 @@
+"""TGI's HTTP API (FastAPI): request models, validation, admission, SSE, routes. Knows nothing of batches."""

@@ -1,0 +1,430 @@
+"""OpenAI-compatible request and response bodies, shaped exactly like TGI v3.3's router (router/src/lib.rs).
+
+Requests parse strictly like serde and ignore unknown fields (TGI has no `deny_unknown_fields`).
+Responses serialize with `model_dump_json()` to TGI's bytes: fields in TGI's order, the `object` tag
+first, compact separators, `null` for absent optionals and for NaN. Logprobs must be given through
+`protocol.f32()` so they print like TGI's `f32` values (`-0.34`, not `-0.3400000035762787`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tgi_async.api.protocol import Grammar, SimpleToken
+from tgi_async.scheduler.request import FinishReason, InferError
+
+U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
+
+# TGI's default prompt appended after the tool list when the template does not read `tools`.
+DEFAULT_TOOL_PROMPT = (
+    "\nGiven the functions available, please respond with a JSON for a function call with its proper "
+    "arguments that best answers the given prompt. Respond in the format {name: function name, parameters: "
+    "dictionary of argument name and its value}.Do not use variables.\n"
+)
+
+
+class _Request(BaseModel):
+    # NOTE: strict like serde (no "1" -> 1 coercion, no NaN); unknown fields are ignored like TGI's.
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+# ---- chat messages ---------------------------------------------------------------------------------
+
+
+class Url(_Request):
+    url: str
+
+
+class TextChunk(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrlChunk(_Request):
+    type: Literal["image_url"]
+    image_url: Url
+
+
+MessageChunk = Annotated[TextChunk | ImageUrlChunk, Field(discriminator="type")]
+
+
+class FunctionDefinition(_Request):
+    description: str | None = None
+    name: str
+    # NOTE: required like TGI's; OpenAI clients send it as `parameters`.
+    arguments: Any = Field(validation_alias=AliasChoices("arguments", "parameters"))
+
+    def template_value(self) -> dict[str, Any]:
+        """As TGI hands it to templates and tool prompts: `arguments` serialized as a JSON string."""
+        return {"description": self.description, "name": self.name, "arguments": compact_json(self.arguments)}
+
+
+class ToolCall(_Request):
+    id: str
+    type: str
+    function: FunctionDefinition
+
+    def template_value(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "function": self.function.template_value()}
+
+
+class Tool(_Request):
+    type: str
+    function: FunctionDefinition
+
+    def template_value(self) -> dict[str, Any]:
+        return {"type": self.type, "function": self.function.template_value()}
+
+
+class Message(_Request):
+    """A chat message: `content` (text or parts), or else `tool_calls` (TGI's untagged MessageBody)."""
+
+    role: str
+    content: str | list[MessageChunk] | None = None
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_body(self) -> Message:
+        if self.content is None and self.tool_calls is None:
+            raise ValueError("data did not match any variant of untagged enum MessageBody")
+        if self.content is not None:
+            self.tool_calls = None  # NOTE: TGI keeps the content body and drops tool_calls when both are set
+        return self
+
+    def text(self) -> str:
+        """The flat text TGI gives the template: parts joined, images as `![](url)`, tool calls as JSON."""
+        if self.content is None:
+            return compact_json([call.template_value() for call in self.tool_calls or []])
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(
+            chunk.text if isinstance(chunk, TextChunk) else f"![]({chunk.image_url.url})"
+            for chunk in self.content
+        )
+
+
+class ToolChoice(BaseModel):
+    """`auto` (the default, also for null), `none`, `required`, or one function by name."""
+
+    kind: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> ToolChoice:
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            if value in ("auto", "none", "required"):
+                return cls(kind=value)
+            return cls(kind="function", name=value)
+        if isinstance(value, dict) and value.get("type") == "function":
+            function = value.get("function")
+            if isinstance(function, dict) and isinstance(function.get("name"), str):
+                return cls(kind="function", name=function["name"])
+        raise ValueError("data did not match any variant of untagged enum ToolTypeDeserializer")
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class ChatRequest(_Request):
+    """TGI's ChatRequest. `n`, `logit_bias` and `tool_prompt` (unless tools are used) have no effect."""
+
+    model: str | None = None
+    messages: list[Message]
+    frequency_penalty: float | None = None
+    logit_bias: list[float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: U32 | None = None
+    max_tokens: U32 | None = Field(
+        default=None, validation_alias=AliasChoices("max_tokens", "max_completion_tokens")
+    )
+    n: U32 | None = None
+    presence_penalty: float | None = None
+    stop: list[str] | None = None
+    stream: bool = False
+    seed: U64 | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[Tool] | None = None
+    tool_prompt: str | None = None
+    tool_choice: ToolChoice = ToolChoice()
+    response_format: Grammar | None = None
+    stream_options: StreamOptions = StreamOptions()
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> ToolChoice:
+        return value if isinstance(value, ToolChoice) else ToolChoice.parse(value)
+
+    @field_validator("stream_options", mode="before")
+    @classmethod
+    def _stream_options(cls, value: Any) -> Any:
+        return StreamOptions() if value is None else value
+
+    def generate_parameters(self, grammar: Grammar | None = None) -> dict[str, Any]:
+        """TGI's mapping to GenerateParameters (`try_into_generate`), as keyword arguments."""
+        do_sample, temperature = sampling(self.temperature)
+        return {
+            "temperature": temperature,
+            # NOTE: TGI's mapping, kept as is: presence_penalty p becomes repetition_penalty p + 2.
+            "repetition_penalty": None if self.presence_penalty is None else self.presence_penalty + 2.0,
+            "frequency_penalty": self.frequency_penalty,
+            "top_p": self.top_p,
+            "do_sample": do_sample,
+            "max_new_tokens": self.max_tokens,
+            "stop": list(self.stop or []),
+            "details": True,
+            "decoder_input_details": False,
+            "seed": self.seed,
+            "top_n_tokens": self.top_logprobs,
+            "grammar": grammar,
+            "adapter_id": adapter_id(self.model),
+        }
+
+
+NO_TOOL = Tool(
+    type="function",
+    function=FunctionDefinition(
+        name="no_tool",
+        description="Open ended response with no specific tool selected",
+        arguments={"type": "object"},
+    ),
+)
+
+
+def tool_grammar(tools: list[Tool], choice: ToolChoice) -> tuple[list[Tool], Grammar] | None:
+    """TGI's `ToolGrammar::apply`: the tools offered to the model and the JSON grammar of a call.
+
+    None when no tool is to be used (`tool_choice: none`). `auto` adds TGI's `no_tool` function.
+    Raises `InferError` (`tool_error`) for a chosen function that is not among `tools`.
+    """
+    if choice.kind == "none":
+        return None
+    if choice.kind == "function":
+        chosen = [tool for tool in tools if tool.function.name == choice.name]
+        if not chosen:
+            raise InferError(f"Tool with name {choice.name} not found", "tool_error")
+        tools = chosen[:1]
+    elif choice.kind == "auto":
+        tools = [*tools, NO_TOOL]
+    if not tools:
+        return None
+    functions = {}
+    for tool in tools:
+        arguments = tool.function.arguments
+        properties: dict[str, Any] = {"_name": {"type": "string", "const": tool.function.name}}
+        required: list[Any] = ["_name"]
+        schema: dict[str, Any] = {"description": tool.function.description or ""}
+        if isinstance(arguments, dict):
+            if isinstance(arguments.get("properties"), dict):
+                properties.update(arguments["properties"])
+            if isinstance(arguments.get("required"), list):
+                required.extend(arguments["required"])
+            schema["additionalProperties"] = arguments.get("additionalProperties") == "true"
+        schema["properties"] = properties
+        schema["required"] = required
+        functions[tool.function.name] = schema
+    refs = [{"$ref": f"#/$functions/{tool.function.name}"} for tool in tools]
+    return tools, Grammar(
+        type="json", value={"$functions": functions, "properties": {"function": {"anyOf": refs}}}
+    )
+
+
+class CompletionRequest(_Request):
+    """TGI's CompletionRequest; `prompt` is one string or a non-empty list of strings."""
+
+    model: str | None = None
+    prompt: list[str]
+    max_tokens: U32 | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    seed: U64 | None = None
+    suffix: str | None = None
+    repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: list[str] | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and not value:
+            raise ValueError("Empty array detected. Do not use an empty array for the prompt.")
+        return value
+
+    def generate_parameters(self) -> dict[str, Any]:
+        do_sample, temperature = sampling(self.temperature)
+        return {
+            "temperature": temperature,
+            "repetition_penalty": self.repetition_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "top_p": self.top_p,
+            "do_sample": do_sample,
+            "max_new_tokens": self.max_tokens,
+            "stop": list(self.stop or []),
+            "details": True,
+            # NOTE: TGI asks prompt logprobs for non-streamed completions but never returns them: not asked.
+            "decoder_input_details": False,
+            "seed": self.seed,
+            "adapter_id": adapter_id(self.model),
+        }
+
+
+def sampling(temperature: float | None) -> tuple[bool, float | None]:
+    """TGI: temperature 0 means greedy (and no temperature); anything else, including absent, samples."""
+    if temperature == 0.0:
+        return False, None
+    return True, temperature
+
+
+def adapter_id(model: str | None) -> str | None:
+    return None if model in (None, "tgi") else model
+
+
+# ---- responses ---------------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float | None
+
+
+class Logprob(BaseModel):
+    token: str
+    logprob: float | None
+    top_logprobs: list[TopLogprob]
+
+
+class Logprobs(BaseModel):
+    content: list[Logprob]
+
+
+class OutputMessage(BaseModel):
+    role: str = "assistant"
+    content: str
+
+
+class ChatCompletionComplete(BaseModel):
+    index: int = 0
+    message: OutputMessage
+    logprobs: Logprobs | None
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    object: Literal["chat.completion"] = "chat.completion"
+    id: str = ""
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatCompletionComplete]
+    usage: Usage
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int = 0
+    delta: OutputMessage
+    logprobs: Logprobs | None
+    finish_reason: str | None
+
+
+class ChatCompletionChunk(BaseModel):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    id: str = ""
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage | None = None
+
+
+class CompletionComplete(BaseModel):
+    index: int
+    text: str
+    logprobs: list[float] | None = None
+    finish_reason: str
+
+
+class CompletionChunk(BaseModel):
+    """A streamed token of /v1/completions (TGI's `Chunk`: `finish_reason` is `""`)."""
+
+    object: Literal["text_completion"] = "text_completion"
+    id: str = ""
+    created: int
+    choices: list[CompletionComplete]
+    model: str
+    system_fingerprint: str
+
+
+class CompletionFinal(BaseModel):
+    object: Literal["text_completion"] = "text_completion"
+    id: str = ""
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionComplete]
+    usage: Usage
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str
+
+
+class ModelsInfo(BaseModel):
+    object: str = "list"
+    data: list[ModelInfo]
+
+
+class ChatTokenizeResponse(BaseModel):
+    tokenize_response: list[SimpleToken]
+    templated_text: str
+
+
+class ApiError(BaseModel):
+    message: str
+    http_status_code: int = 422
+
+
+class OpenAIErrorEvent(BaseModel):
+    """An error inside an OpenAI-style stream (TGI sends 422 here whatever the error was)."""
+
+    error: ApiError
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+
+def finish_reason(reason: FinishReason, use_stop: bool = True) -> str:
+    """TGI's `FinishReason::format`: only `eos_token` becomes `stop`; `stop_sequence` stays as is."""
+    return "stop" if use_stop and reason == "eos_token" else reason
+
+
+def compact_json(value: Any) -> str:
+    """serde_json's `to_string`: no spaces, non-ASCII kept."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

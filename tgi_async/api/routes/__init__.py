@@ -1,0 +1,1 @@
+"""HTTP routes: thin handlers over `tgi_async.api.generation` / `serving` (one router per module)."""

@@ -1,0 +1,208 @@
+"""Request validation with TGI's rules, order and messages (router/src/validation.rs).
+
+Checks run in TGI's order, so a request with several problems gets the same first error. Tokenization
+runs on a small thread pool (`validation_workers` threads) so the event loop never blocks on it. Failures
+raise `InferError(message, "validation")`; the API adds TGI's "Input validation error: " prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from tgi_async import metrics
+from tgi_async.api.config import ApiConfig
+from tgi_async.api.protocol import GenerateParameters, SimpleToken
+from tgi_async.scheduler.request import GenerateRequest, InferError, SamplingParameters, StoppingParameters
+from tgi_async.telemetry.http import traced
+
+# Without an explicit max_new_tokens a request may fill the context, but is scheduled this many tokens at a
+# time (TGI re-queues it with the text so far; see serving.InferStream).
+DEFAULT_GENERATION_LENGTH = 1024
+_F32 = struct.Struct("<f")
+
+
+def single(value: float) -> float:
+    """`value` rounded to f32, as TGI holds sampling parameters."""
+    try:
+        return _F32.unpack(_F32.pack(value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def invalid(message: str) -> InferError:
+    return InferError(message, "validation")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedRequest:
+    request: GenerateRequest  # what the scheduler gets
+    max_total_new_tokens: int  # tokens the client may get in all (>= request.stopping.max_new_tokens)
+
+
+def backend_tokenizer(tokenizer: Any) -> Any:
+    """The `tokenizers.Tokenizer` behind a transformers fast tokenizer (or the object itself)."""
+    return getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+
+class Validator:
+    """Validates and tokenizes requests for one model."""
+
+    def __init__(self, tokenizer: Any, config: ApiConfig):
+        self.config = config
+        self._tokenizer = backend_tokenizer(tokenizer)
+        self._pool = ThreadPoolExecutor(
+            max(1, config.validation_workers), thread_name_prefix="tgi-validation"
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def encode(self, inputs: str, add_special_tokens: bool = True) -> Any:
+        """The tokenizer's `Encoding` of `inputs` (ids, offsets), computed off the event loop."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pool, lambda: self._tokenizer.encode(inputs, add_special_tokens=add_special_tokens)
+            )
+        except Exception as exc:  # the tokenizer's own errors become a validation error, like TGI's
+            raise invalid(f"tokenizer error {exc}") from exc
+
+    async def tokenize(self, inputs: str, add_special_tokens: bool = True) -> list[SimpleToken]:
+        """/tokenize's answer: each token with its text and UTF-8 byte offsets into `inputs`."""
+        encoding = await self.encode(inputs, add_special_tokens)
+        return simple_tokens(encoding.ids, encoding.offsets, inputs)
+
+    def validate_best_of(self, best_of: int) -> int:
+        if self.config.max_best_of == 1 and best_of != 1:
+            raise invalid("`best_of` != 1 is not allowed for this endpoint")
+        if best_of > self.config.max_best_of:
+            raise invalid(f"`best_of` must be > 0 and <= {self.config.max_best_of}. Given: {best_of}")
+        return best_of
+
+    async def validate(
+        self, inputs: str, parameters: GenerateParameters, add_special_tokens: bool = True
+    ) -> GenerateRequest:
+        """The scheduler request for `inputs` + `parameters`, or `InferError(..., "validation")`."""
+        return (await self.validate_full(inputs, parameters, add_special_tokens)).request
+
+    @traced("validate")
+    async def validate_full(
+        self, inputs: str, parameters: GenerateParameters, add_special_tokens: bool = True
+    ) -> ValidatedRequest:
+        cfg, p = self.config, parameters
+        best_of = 1 if p.best_of is None else p.best_of
+        sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
+        if best_of > 1 and not sampling:
+            raise invalid("you must use sampling when `best_of` is > 1")
+        temperature = 1.0 if p.temperature is None else single(p.temperature)
+        if temperature <= 0.0:
+            raise invalid("`temperature` must be strictly positive")
+        repetition_penalty = 1.0 if p.repetition_penalty is None else single(p.repetition_penalty)
+        if repetition_penalty <= 0.0:
+            raise invalid("`repetition_penalty` must be strictly positive")
+        frequency_penalty = 0.0 if p.frequency_penalty is None else single(p.frequency_penalty)
+        if not -2.0 <= frequency_penalty <= 2.0:
+            raise invalid("`frequency_penalty` must be >= -2.0 and <= 2.0")
+        top_p = 1.0 if p.top_p is None else single(p.top_p)
+        if p.top_p is not None and not 0.0 < top_p < 1.0:
+            raise invalid("`top_p` must be > 0.0 and < 1.0")
+        typical_p = 1.0 if p.typical_p is None else single(p.typical_p)
+        if p.typical_p is not None and not 0.0 < typical_p < 1.0:
+            raise invalid("`typical_p` must be > 0.0 and < 1.0")
+        top_k = 0 if p.top_k is None else p.top_k
+        if p.top_k is not None and top_k <= 0:
+            raise invalid("`top_k` must be strictly positive")
+        if p.max_new_tokens == 0:
+            raise invalid("`max_new_tokens` must be strictly positive")
+        if len(p.stop) > cfg.max_stop_sequences:
+            raise invalid(
+                f"`stop` supports up to {cfg.max_stop_sequences} stop sequences. Given: {len(p.stop)}"
+            )
+        if p.seed is None:
+            seed = random.getrandbits(64)
+        elif best_of > 1:
+            raise invalid("`seed` must not be set when `best_of` > 1")
+        else:
+            seed = p.seed
+        top_n_tokens = 0 if p.top_n_tokens is None else p.top_n_tokens
+        if top_n_tokens > cfg.max_top_n_tokens:
+            raise invalid(f"`top_n_tokens` must be >= 0 and <= {cfg.max_top_n_tokens}. Given: {top_n_tokens}")
+        if not inputs:
+            raise invalid("`inputs` cannot be empty")
+        if p.truncate is not None and (p.truncate == 0 or p.truncate > cfg.max_input_tokens):
+            limit = cfg.max_input_tokens
+            raise invalid(f"`truncate` must be strictly positive and less than {limit}. Given: {p.truncate}")
+
+        encoding = await self.encode(inputs, add_special_tokens)
+        ids = encoding.ids
+        input_length = len(ids) if p.truncate is None else min(len(ids), p.truncate)
+        if p.max_new_tokens is not None:
+            max_total_new_tokens = p.max_new_tokens
+        else:
+            max_total_new_tokens = max(0, cfg.max_total_tokens - input_length)
+        max_new_tokens = min(max_total_new_tokens, DEFAULT_GENERATION_LENGTH)
+        if input_length + max_new_tokens > cfg.max_total_tokens:
+            raise invalid(
+                f"`inputs` tokens + `max_new_tokens` must be <= {cfg.max_total_tokens}. "
+                f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
+            )
+        if input_length > cfg.max_input_tokens:
+            raise invalid(
+                f"`inputs` must have less than {cfg.max_input_tokens} tokens. Given: {input_length}"
+            )
+        metrics.REQUEST_INPUT_LENGTH.observe(input_length)
+
+        if p.grammar is not None:
+            # NOTE: neither the scheduler contract nor the bundled shard carries grammars yet.
+            raise invalid("grammar is not supported")
+
+        metrics.REQUEST_MAX_NEW_TOKENS.observe(max_new_tokens)
+        request = GenerateRequest(
+            inputs=inputs,
+            input_length=input_length,
+            sampling=SamplingParameters(
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                typical_p=typical_p,
+                do_sample=p.do_sample,
+                seed=seed,
+                repetition_penalty=repetition_penalty,
+                frequency_penalty=frequency_penalty,
+                watermark=p.watermark,
+            ),
+            stopping=StoppingParameters(max_new_tokens=max_new_tokens, stop_sequences=tuple(p.stop)),
+            truncate=cfg.max_input_tokens if p.truncate is None else p.truncate,
+            add_special_tokens=add_special_tokens,
+            prefill_logprobs=p.decoder_input_details,
+            top_n_tokens=top_n_tokens,
+            input_ids=tuple(ids[len(ids) - input_length :]),
+            adapter_id=p.adapter_id,
+        )
+        return ValidatedRequest(request, max_total_new_tokens)
+
+
+def simple_tokens(ids: list[int], offsets: list[tuple[int, int]], inputs: str) -> list[SimpleToken]:
+    """Tokens with TGI's byte offsets (the Rust tokenizer's) and the UTF-8 text between them."""
+    if len(offsets) != len(ids):
+        return [SimpleToken(id=i, text="", start=0, stop=0) for i in ids]
+    raw = inputs.encode()
+    if len(raw) == len(inputs):  # ASCII: character offsets are byte offsets
+        byte_at = None
+    else:
+        byte_at = [0]
+        for char in inputs:
+            byte_at.append(byte_at[-1] + len(char.encode()))
+    tokens = []
+    for token_id, (start, stop) in zip(ids, offsets, strict=True):
+        if byte_at is not None:
+            start, stop = byte_at[min(start, len(inputs))], byte_at[min(stop, len(inputs))]
+        text = raw[start:stop].decode(errors="replace")
+        tokens.append(SimpleToken(id=token_id, text=text, start=start, stop=stop))
+    return tokens

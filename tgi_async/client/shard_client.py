@@ -1,0 +1,158 @@
+"""One shard over grpc.aio: generate.v3 calls in, plain data out."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+import grpc
+import grpc.aio
+
+from tgi_async.client import convert
+from tgi_async.client.types import CachedBatch, NewBatch, ShardInfo, StepResult, WarmupResult
+from tgi_async.proto import ShardStub, pb
+from tgi_async.telemetry.grpc_tracing import client_interceptors
+
+Metadata = Sequence[tuple[str, str]]
+
+# Unbounded messages: prefill logprobs with top tokens for long prompts exceed gRPC's 4 MiB default.
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+# A 1x1 PNG sent as the first warmup request's image chunk, like TGI's router does (text models skip it).
+WARMUP_IMAGE = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+
+
+class ShardError(Exception):
+    """A failed shard call: the gRPC status and the shard's message."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{method} failed ({code.name}): {details}")
+        self.method = method
+        self.code = code
+        self.details = details
+
+
+def uds_target(path_or_url: str) -> str:
+    return path_or_url if path_or_url.startswith("unix:") else f"unix://{path_or_url}"
+
+
+class ShardClient:
+    """Client of one shard. Every method is one RPC; errors raise `ShardError`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = uds_target(url)
+        self._channel = grpc.aio.insecure_channel(
+            self.url, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
+        )
+        self._stub = ShardStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request, metadata: Metadata | None = None):
+        try:
+            return await getattr(self._stub, method)(request, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise ShardError(method, exc.code(), exc.details() or "") from None
+
+    async def info(self) -> ShardInfo:
+        return convert.shard_info_from_pb(await self._call("Info", pb.InfoRequest()))
+
+    async def health(self) -> None:
+        await self._call("Health", pb.HealthRequest())
+
+    async def service_discovery(self) -> list[str]:
+        return list((await self._call("ServiceDiscovery", pb.ServiceDiscoveryRequest())).urls)
+
+    async def clear_cache(self, batch_id: int | None = None, metadata: Metadata | None = None) -> None:
+        request = pb.ClearCacheRequest() if batch_id is None else pb.ClearCacheRequest(id=batch_id)
+        await self._call("ClearCache", request, metadata)
+
+    async def filter_batch(
+        self, batch_id: int, request_ids: Sequence[int], metadata: Metadata | None = None
+    ) -> CachedBatch | None:
+        request = pb.FilterBatchRequest(batch_id=batch_id, request_ids=list(request_ids))
+        response = await self._call("FilterBatch", request, metadata)
+        return convert.cached_batch_from_pb(response.batch) if response.HasField("batch") else None
+
+    async def warmup(
+        self,
+        max_input_tokens: int | None,
+        max_prefill_tokens: int,
+        max_total_tokens: int | None,
+        max_batch_size: int | None,
+    ) -> WarmupResult:
+        request = warmup_request(max_input_tokens, max_prefill_tokens, max_total_tokens, max_batch_size)
+        return convert.warmup_from_pb(await self._call("Warmup", request))
+
+    async def prefill(
+        self, batch: NewBatch, cached_batch: CachedBatch | None = None, metadata: Metadata | None = None
+    ) -> StepResult:
+        request = pb.PrefillRequest(batch=convert.batch_to_pb(batch))
+        if cached_batch is not None:
+            request.cached_batch.CopyFrom(convert.cached_batch_to_pb(cached_batch))
+        return convert.step_result_from_pb(await self._call("Prefill", request, metadata))
+
+    async def decode(self, batches: Sequence[CachedBatch], metadata: Metadata | None = None) -> StepResult:
+        request = pb.DecodeRequest(batches=[convert.cached_batch_to_pb(b) for b in batches])
+        return convert.step_result_from_pb(await self._call("Decode", request, metadata))
+
+
+def warmup_request(
+    max_input_tokens: int | None,
+    max_prefill_tokens: int,
+    max_total_tokens: int | None,
+    max_batch_size: int | None,
+) -> pb.WarmupRequest:
+    """The Warmup TGI's router sends: `_test ` prompts filling max_prefill_tokens, heavy sampling settings.
+
+    NOTE: blocks/slots stay empty (the shard places warmup requests itself), and every request has id 0.
+    """
+    requests = []
+    n_tokens = 0
+    while n_tokens < max_prefill_tokens:
+        truncate = max_prefill_tokens - n_tokens
+        if max_input_tokens is not None:
+            truncate = min(truncate, max_input_tokens)
+        text = "_test " * truncate
+        chunks = [pb.InputChunk(text=text)]
+        if n_tokens == 0:
+            chunks.append(pb.InputChunk(image=pb.Image(data=WARMUP_IMAGE, mimetype="image/png")))
+        max_new_tokens = max_total_tokens - truncate if max_total_tokens is not None else 1
+        requests.append(
+            pb.Request(
+                id=0,
+                inputs=text,
+                input_chunks=pb.Input(chunks=chunks),
+                truncate=truncate,
+                add_special_tokens=True,
+                parameters=pb.NextTokenChooserParameters(
+                    temperature=0.9,
+                    top_k=10,
+                    top_p=0.9,
+                    typical_p=0.9,
+                    do_sample=False,
+                    seed=0,
+                    repetition_penalty=1.2,
+                    frequency_penalty=0.1,
+                    watermark=True,
+                ),
+                stopping_parameters=pb.StoppingCriteriaParameters(
+                    max_new_tokens=max_new_tokens, ignore_eos_token=True
+                ),
+                prefill_logprobs=True,
+                top_n_tokens=20,
+            )
+        )
+        n_tokens += truncate
+        if max_batch_size is not None and len(requests) == max_batch_size:
+            break
+    batch = pb.Batch(id=0, requests=requests, size=len(requests), max_tokens=0, max_blocks=0)
+    request = pb.WarmupRequest(batch=batch, max_prefill_tokens=max_prefill_tokens)
+    if max_input_tokens is not None:
+        request.max_input_tokens = max_input_tokens
+    if max_total_tokens is not None:
+        request.max_total_tokens = max_total_tokens
+    return request

@@ -1,0 +1,113 @@
+"""`tgi-async router`: the flags and env vars of TGI v3.3.x's `text-generation-router`, plus `--scheduler`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+
+def _env_default(name: str, default: Any, cast=str) -> Any:
+    """TGI's router reads every flag from an env var of the same name (clap `env`)."""
+    raw = os.environ.get(name.upper().replace("-", "_"))
+    if raw is None or raw == "":
+        return default
+    if cast is bool:
+        return raw.lower() in ("1", "true", "yes", "on")
+    return cast(raw)
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, default: Any = None, cast=str, **kwargs: Any) -> None:
+    if cast is bool:
+        parser.add_argument(
+            f"--{name}", action="store_true", default=_env_default(name, False, bool), **kwargs
+        )
+    else:
+        parser.add_argument(f"--{name}", type=cast, default=_env_default(name, default, cast), **kwargs)
+
+
+# Flags TGI's router accepts that change nothing here; accepted so launchers and scripts keep working.
+NOT_APPLICABLE = ("ngrok", "ngrok_authtoken", "ngrok_edge", "usage_stats", "max_image_fetch_size")
+
+
+def add_router_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "max-concurrent-requests", 128, int)
+    _flag(parser, "max-best-of", 2, int)
+    _flag(parser, "max-stop-sequences", 4, int)
+    _flag(parser, "max-top-n-tokens", 5, int)
+    _flag(parser, "max-input-tokens", None, int)
+    _flag(parser, "max-total-tokens", None, int)
+    _flag(parser, "waiting-served-ratio", 1.2, float)
+    _flag(parser, "max-batch-prefill-tokens", 4096, int)
+    _flag(parser, "max-batch-total-tokens", None, int)
+    _flag(parser, "max-waiting-tokens", 20, int)
+    _flag(parser, "max-batch-size", None, int)
+    _flag(parser, "hostname", "0.0.0.0")
+    _flag(parser, "port", 3000, int)
+    _flag(parser, "prometheus-port", 9000, int)
+    _flag(parser, "master-shard-uds-path", "/tmp/text-generation-server-0")
+    _flag(parser, "tokenizer-name", "bigscience/bloom")
+    _flag(parser, "tokenizer-config-path", None)
+    _flag(parser, "revision", None)
+    _flag(parser, "trust-remote-code", cast=bool)
+    _flag(parser, "validation-workers", 2, int)
+    _flag(parser, "api-key", None)
+    _flag(parser, "json-output", cast=bool)
+    _flag(parser, "otlp-endpoint", None)
+    _flag(parser, "otlp-service-name", "text-generation-inference.router")
+    parser.add_argument(
+        "--cors-allow-origin", action="append", default=_split(os.environ.get("CORS_ALLOW_ORIGIN"))
+    )
+    _flag(parser, "ngrok", cast=bool)
+    _flag(parser, "ngrok-authtoken", None)
+    _flag(parser, "ngrok-edge", None)
+    _flag(parser, "disable-grammar-support", cast=bool)
+    _flag(parser, "max-client-batch-size", 4, int)
+    _flag(parser, "usage-stats", "on")
+    _flag(parser, "payload-limit", 2_000_000, int)
+    _flag(parser, "max-image-fetch-size", 1_073_741_824, int)
+    # ours
+    parser.add_argument(
+        "--scheduler",
+        choices=("async", "sync"),
+        default=os.environ.get("TGI_ASYNC_SCHEDULER") or "async",
+        help="async: decoupled prefill/decode loops with pipelined shard calls; sync: TGI's batching loop",
+    )
+    _flag(
+        parser,
+        "prefill-step-tokens",
+        512,
+        int,
+        help="async scheduler: prompt tokens computed per shard step while other requests decode "
+        "(bounds how long a new prompt stalls the streams; env PREFILL_STEP_TOKENS)",
+    )
+    _flag(parser, "otlp-file", None, help="also write spans as OTLP JSON lines to this file")
+    _flag(parser, "logger-level", "INFO")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v for v in value.split(",") if v] if value else None
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "router", help="serve TGI's HTTP API over generate.v3 shards (TGI's text-generation-router flags)"
+    )
+    add_router_flags(parser)
+    parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="router_command")
+    schema = commands.add_parser("print-schema", help="print the OpenAPI schema and exit")
+    schema.set_defaults(func=print_schema)
+
+
+def print_schema(args: argparse.Namespace) -> int:
+    from tgi_async.api.app import print_schema as render
+
+    print(render())
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from tgi_async.router.server import serve
+
+    return serve(args)

@@ -1,0 +1,20 @@
+"""Scheduler settings: TGI's batching flags (same meaning) plus the async policy's knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Policy = Literal["async", "sync"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    policy: Policy = "async"
+    max_batch_prefill_tokens: int = 4096  # prompt tokens one prefill may compute (TGI's meaning)
+    max_batch_total_tokens: int = 16000  # KV tokens all running requests may hold (resolved at warmup)
+    waiting_served_ratio: float = 1.2  # padded shards: queued/running ratio that interrupts decoding
+    max_waiting_tokens: int = 20  # padded shards: decode steps before a small prefill may interrupt
+    max_batch_size: int | None = None
+    # async only: prompt tokens computed per shard step while others decode (bounds their stall)
+    prefill_step_tokens: int = 512

@@ -1,0 +1,77 @@
+"""A request inside the scheduler: its output queue, KV allocation, progress, and event delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from tgi_async.client.types import Generation
+from tgi_async.scheduler.blocks import BlockAllocation
+from tgi_async.scheduler.request import (
+    EndEvent,
+    GenerateRequest,
+    InferError,
+    InferEvent,
+    PrefillEvent,
+    TokenEvent,
+)
+
+
+@dataclass(eq=False, slots=True)
+class Entry:
+    """Scheduler-side state of one request. Mutated only from the event loop's thread."""
+
+    id: int
+    request: GenerateRequest
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # first prefill sent
+    allocation: BlockAllocation | None = None
+    tokens_received: int = 0  # generated tokens delivered by the shard
+    tokens_in_flight: int = 0  # shard steps sent for it whose results have not come back
+    cancelled: bool = False  # the client left: stop, filter out, free
+    ended: bool = False  # an EndEvent or error was delivered: nothing more may be sent
+    outbox: asyncio.Queue[InferEvent | InferError] = field(default_factory=asyncio.Queue)
+
+    @property
+    def live(self) -> bool:
+        """Still wants tokens: neither ended nor abandoned."""
+        return not (self.ended or self.cancelled)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.request.stopping.max_new_tokens
+
+    def fail(self, error: InferError) -> None:
+        if not self.ended:
+            self.ended = True
+            self.outbox.put_nowait(error)
+
+    def deliver(self, generation: Generation) -> bool:
+        """Turn one step's output into events. Returns True when the request ended with it.
+
+        NOTE: output arriving after the end (a pipelined step ran a finished request once more, as TGI's
+        shards do) is dropped here, so a client never sees a token after its last.
+        """
+        if self.ended or self.cancelled:
+            return self.ended
+        if generation.prefill_tokens is not None and self.request.prefill_logprobs:
+            self.outbox.put_nowait(PrefillEvent(generation.prefill_tokens))
+        last = len(generation.tokens) - 1
+        for index, token in enumerate(generation.tokens):
+            top = generation.top_tokens[index] if index < len(generation.top_tokens) else ()
+            self.tokens_received += 1
+            if index == last and generation.generated_text is not None:
+                self.ended = True
+                self.outbox.put_nowait(
+                    EndEvent(
+                        token=token,
+                        generated_text=generation.generated_text,
+                        queued_at=self.queued_at,
+                        started_at=self.started_at or self.queued_at,
+                        top_tokens=top,
+                    )
+                )
+            else:
+                self.outbox.put_nowait(TokenEvent(token=token, top_tokens=top))
+        return self.ended

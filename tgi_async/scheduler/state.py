@@ -1,0 +1,104 @@
+"""The scheduler's state: the waiting queue, requests in shard batches, KV blocks, id counters.
+
+One owner: every mutation runs on the event loop thread without an await in between, so the loops and the
+API (append, cancel) never see it half-changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from tgi_async import metrics
+from tgi_async.client.types import NewBatch, NewRequest
+from tgi_async.scheduler.admission import AdmissionPlan, Budget, Candidate, ShardShape, plan_admission
+from tgi_async.scheduler.blocks import BlockAllocator
+from tgi_async.scheduler.entry import Entry
+from tgi_async.scheduler.request import GenerateRequest
+from tgi_async.telemetry.scheduler import scheduler_tracer
+
+
+class SchedulerState:
+    def __init__(
+        self, shape: ShardShape, max_batch_total_tokens: int, window_size: int | None = None
+    ) -> None:
+        self.shape = shape
+        self.allocator = (
+            None
+            if shape.requires_padding
+            else BlockAllocator(max_batch_total_tokens, shape.block_size, window_size)
+        )
+        self.waiting: deque[Entry] = deque()
+        self.running: dict[int, Entry] = {}  # request id -> entry, for requests inside a shard batch
+        self._next_request_id = 0
+        self._next_batch_id = 0
+        self.tracer = scheduler_tracer(self)  # spans for every decision (no-op unless tracing is on)
+
+    @property
+    def queue_size(self) -> int:
+        return len(self.waiting)
+
+    def append(self, request: GenerateRequest) -> Entry:
+        entry = Entry(id=self._next_request_id, request=request)
+        self._next_request_id += 1
+        self.waiting.append(entry)
+        self.tracer.queued(entry)
+        metrics.QUEUE_SIZE.set(len(self.waiting))
+        return entry
+
+    def admit(self, budget: Budget) -> tuple[NewBatch, list[Entry], AdmissionPlan] | None:
+        """Move the requests that fit `budget` from the queue into a new batch (None if none fit)."""
+        if not self.waiting:
+            return None
+        candidates = [
+            Candidate(e.id, e.request.input_length, e.max_new_tokens, cancelled=e.cancelled)
+            for e in self.waiting
+        ]
+        plan = plan_admission(candidates, budget, self.shape, self.allocator)
+        self.tracer.admission(plan, budget, self._next_batch_id)
+        by_id = {e.id: e for e in self.waiting}
+        taken = {a.id for a in plan.admitted} | set(plan.dropped)
+        if taken:
+            self.waiting = deque(e for e in self.waiting if e.id not in taken)
+        for request_id in plan.dropped:
+            by_id[request_id].ended = True
+            metrics.REQUEST_FAILURE.labels(err="dropped").inc()
+        metrics.QUEUE_SIZE.set(len(self.waiting))
+        if not plan.admitted:
+            return None
+        now = time.monotonic()
+        entries = []
+        requests = []
+        for admission in plan.admitted:
+            entry = by_id[admission.id]
+            entry.allocation = admission.allocation
+            entry.started_at = now
+            self.running[entry.id] = entry
+            entries.append(entry)
+            allocation = admission.allocation
+            requests.append(
+                NewRequest(
+                    id=entry.id,
+                    request=entry.request,
+                    blocks=allocation.blocks if allocation else (),
+                    slots=allocation.slots if allocation else (),
+                    chunk_len=admission.chunk_len,
+                )
+            )
+        batch = NewBatch(
+            id=self._next_batch_id,
+            requests=tuple(requests),
+            max_tokens=plan.prefill_tokens + plan.decode_tokens,
+            max_blocks=plan.max_blocks,
+        )
+        self._next_batch_id += 1
+        metrics.BATCH_NEXT_SIZE.observe(len(requests))
+        return batch, entries, plan
+
+    def release(self, request_id: int) -> None:
+        """The request left the shards: forget it and free its KV blocks."""
+        self.tracer.released(request_id)
+        entry = self.running.pop(request_id, None)
+        if entry is not None and entry.allocation is not None and self.allocator is not None:
+            self.allocator.free(entry.allocation)
+            entry.allocation = None

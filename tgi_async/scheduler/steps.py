@@ -1,0 +1,130 @@
+"""Shard steps with their bookkeeping: call, deliver tokens, filter finished requests, free, measure.
+
+Shared by the `sync` and `async` policies; the loops decide *when*, this file does *how*.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Literal
+
+from tgi_async import metrics
+from tgi_async.client.shard_client import ShardError
+from tgi_async.client.sharded_client import ShardedClient
+from tgi_async.client.types import CachedBatch, NewBatch, StepResult
+from tgi_async.scheduler.request import InferError
+from tgi_async.scheduler.state import SchedulerState
+
+logger = logging.getLogger(__name__)
+Method = Literal["prefill", "decode"]
+
+
+class StepRunner:
+    def __init__(self, client: ShardedClient, state: SchedulerState) -> None:
+        self.client = client
+        self.state = state
+        self.last_success = 0.0  # monotonic time of the last step that worked (health)
+
+    def deliver(self, result: StepResult) -> None:
+        """Hand each generation to its request (late output for ended requests is dropped there)."""
+        running = self.state.running
+        for generation in result.generations:
+            entry = running.get(generation.request_id)
+            if entry is not None:
+                entry.deliver(generation)
+
+    async def prefill(self, batch: NewBatch, cached_batch: CachedBatch | None = None) -> CachedBatch | None:
+        """Prefill `batch` (joined to `cached_batch` on chunking shards), deliver, filter."""
+        ids = [r.id for r in batch.requests] + list(cached_batch.request_ids if cached_batch else ())
+        failed_batches = [batch.id] + ([cached_batch.id] if cached_batch else [])
+        result = await self._call("prefill", ids, failed_batches, self.client.prefill(batch, cached_batch))
+        return None if result is None else await self.filter(result.batch)
+
+    async def decode(self, batches: Sequence[CachedBatch]) -> CachedBatch | None:
+        ids = [i for b in batches for i in b.request_ids]
+        result = await self._call("decode", ids, [b.id for b in batches], self.client.decode(batches))
+        return None if result is None else await self.filter(result.batch)
+
+    async def call(self, method: Method, call: Awaitable[StepResult]) -> StepResult:
+        """Await one shard step, recording TGI's batch metrics; raises `ShardError`."""
+        start = time.monotonic()
+        metrics.BATCH_INFERENCE_COUNT.labels(method=method).inc()
+        step = self.state.tracer.step(method)
+        try:
+            result = await call
+        except ShardError:
+            step.failed()
+            metrics.BATCH_INFERENCE_FAILURE.labels(method=method).inc()
+            raise
+        t = result.timings
+        if t.concat_ns is not None:
+            metrics.BATCH_CONCAT_DURATION.labels(method=method).observe(t.concat_ns / 1e9)
+        metrics.BATCH_FORWARD_DURATION.labels(method=method).observe(t.forward_ns / 1e9)
+        metrics.BATCH_DECODE_DURATION.labels(method=method).observe(t.decode_ns / 1e9)
+        metrics.BATCH_INFERENCE_DURATION.labels(method=method).observe(time.monotonic() - start)
+        metrics.BATCH_INFERENCE_SUCCESS.labels(method=method).inc()
+        metrics.SHARD_BUSY_SECONDS.inc(t.total_ns / 1e9)
+        self.last_success = time.monotonic()
+        step.done(result)
+        return result
+
+    async def _call(
+        self, method: Method, request_ids: list[int], batch_ids: list[int], call: Awaitable[StepResult]
+    ) -> StepResult | None:
+        """One step, executed synchronously: call, deliver, free what the shard dropped; errors fail it."""
+        try:
+            result = await self.call(method, call)
+        except ShardError as exc:
+            logger.error("%s failed: %s", method, exc, extra={"batch_ids": batch_ids})
+            await self.fail(batch_ids, request_ids, InferError(exc.details or str(exc), "generation"))
+            return None
+        filter_start = time.monotonic()
+        self.deliver(result)
+        self._release_missing(request_ids, result.batch)
+        metrics.BATCH_FILTER_DURATION.labels(method=method).observe(time.monotonic() - filter_start)
+        return result
+
+    def _release_missing(self, sent_ids: Iterable[int], batch: CachedBatch | None) -> None:
+        """Requests the shard no longer holds (it dropped a wholly finished batch) free their blocks."""
+        kept = set(batch.request_ids) if batch is not None else set()
+        for request_id in sent_ids:
+            if request_id not in kept:
+                self.state.release(request_id)
+
+    async def filter(self, batch: CachedBatch | None) -> CachedBatch | None:
+        """Remove finished and abandoned requests from `batch` at the shards and free their blocks."""
+        if batch is None:
+            return None
+        running = self.state.running
+        keep = [i for i in batch.request_ids if (e := running.get(i)) is not None and e.live]
+        if len(keep) == len(batch.request_ids):
+            return batch
+        filtering = self.state.tracer.filtering(batch, keep=keep)
+        if keep:
+            new_batch = await self.client.filter_batch(batch.id, keep)
+        else:
+            await self.client.clear_cache(batch.id)
+            new_batch = None
+        filtering.done(new_batch)
+        for request_id in batch.request_ids:
+            entry = running.get(request_id)
+            if entry is not None and not entry.live:
+                if entry.cancelled and not entry.ended:
+                    metrics.REQUEST_FAILURE.labels(err="dropped").inc()
+                self.state.release(request_id)
+        return new_batch
+
+    async def fail(self, batch_ids: Sequence[int], request_ids: Sequence[int], error: InferError) -> None:
+        """A step failed: every request in it gets the error; the shards drop the batches."""
+        for batch_id in batch_ids:
+            try:
+                await self.client.clear_cache(batch_id)
+            except ShardError as exc:
+                logger.error("clear_cache(%s) failed: %s", batch_id, exc)
+        for request_id in request_ids:
+            entry = self.state.running.get(request_id)
+            if entry is not None:
+                entry.fail(error)
+            self.state.release(request_id)

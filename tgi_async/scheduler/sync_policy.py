@@ -1,0 +1,87 @@
+"""`--scheduler sync`: TGI v3's batching loop, step for step, as the baseline.
+
+One task alternates: admit a batch, prefill it, then decode until the batch empties, admitting more between
+decode steps (joined by Prefill(cached_batch) on chunking shards, by a separate prefill + Decode([a, b])
+otherwise). Every call waits for the previous one and for its own bookkeeping: the shard idles meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from tgi_async import metrics
+from tgi_async.scheduler.admission import Budget
+from tgi_async.scheduler.core import SchedulerCore
+
+logger = logging.getLogger(__name__)
+
+
+class SyncScheduler(SchedulerCore):
+    def _loops(self):
+        return [("sync_batching_loop", self._batching_loop)]
+
+    async def _batching_loop(self) -> None:
+        config, state, steps = self.config, self.state, self.steps
+        chunking = self.info.support_chunking
+        while True:
+            await self._wait_for_work()
+            served = False
+            while admitted := state.admit(
+                Budget(
+                    prefill_tokens=config.max_batch_prefill_tokens,
+                    total_tokens=config.max_batch_total_tokens,
+                    max_size=config.max_batch_size,
+                )
+            ):
+                served = True
+                new_batch, _, _ = admitted
+                cached = await steps.prefill(new_batch)
+                waiting_tokens = 1
+                while cached is not None:
+                    batches = [cached]
+                    metrics.BATCH_CURRENT_SIZE.set(cached.size)
+                    metrics.BATCH_CURRENT_MAX_TOKENS.set(cached.max_tokens)
+                    token_budget = max(config.max_batch_total_tokens - cached.max_tokens, 0)
+                    if chunking:
+                        budget = Budget(
+                            prefill_tokens=max(config.max_batch_prefill_tokens - cached.current_tokens, 0),
+                            total_tokens=token_budget,
+                        )
+                    else:
+                        min_size = (
+                            None
+                            if waiting_tokens >= config.max_waiting_tokens
+                            else math.floor(cached.size * config.waiting_served_ratio)
+                        )
+                        max_size = (
+                            None
+                            if config.max_batch_size is None
+                            else max(config.max_batch_size - cached.size, 0)
+                        )
+                        budget = Budget(config.max_batch_prefill_tokens, token_budget, min_size, max_size)
+                    joined = state.admit(budget) if state.waiting else None
+                    if joined is not None:
+                        new_batch, _, _ = joined
+                        reason = (
+                            "chunking"
+                            if chunking
+                            else ("backpressure" if budget.min_size is not None else "wait_exceeded")
+                        )
+                        metrics.BATCH_CONCAT.labels(reason=reason).inc()
+                        if chunking:
+                            merged = await steps.prefill(new_batch, cached_batch=batches.pop())
+                            if merged is None:
+                                break
+                            batches = [merged]
+                        else:
+                            new_cached = await steps.prefill(new_batch)
+                            if new_cached is not None:
+                                batches.append(new_cached)
+                        waiting_tokens = 1
+                    cached = await steps.decode(batches)
+                    waiting_tokens += 1
+                metrics.BATCH_CURRENT_SIZE.set(0)
+                metrics.BATCH_CURRENT_MAX_TOKENS.set(0)
+            if not served:
+                await self._wait_for_change()  # the queue head does not fit: never spin

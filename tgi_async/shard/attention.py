@@ -1,0 +1,178 @@
+"""Paged attention over a packed batch, plugged into transformers through its public AttentionInterface.
+
+One forward runs every token of a step (decodes and prefill chunks together) as ONE row of T tokens. Each
+layer writes its new keys/values into their slots, gathers each sequence's context by slot, and runs torch
+SDPA with a mask that keeps every query inside its own sequence and causal. Two layouts of the same math:
+
+  packed  G=1: all T queries against all sequences' keys, block-diagonal causal mask (cheap when contexts
+          are short next to the queries, e.g. one long prefill beside short decodes);
+  padded  G=B: one group per sequence, queries padded to the longest chunk, keys to the longest context
+          (cheap for decodes: B x 1 x K instead of B x B*K).
+
+`build_layout` picks the one with fewer score entries; the per-step metadata (`PagedStep`) reaches the
+attention function as a keyword argument of `model(...)`, which transformers forwards to every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from tgi_async.shard.kv_cache import KVCache
+
+ATTENTION_NAME = "tgi_async_paged"
+STEP_KWARG = "tgi_async_step"
+
+
+@dataclass(slots=True)
+class AttentionLayout:
+    """Index tensors of one step, shared by all layers (G groups x Q query rows x K key columns)."""
+
+    write_slots: torch.Tensor  # [T] slot of each packed token's new key/value
+    key_slots: torch.Tensor  # [G, K] slot of each key column (padding points at a valid slot, masked)
+    query_positions: torch.Tensor  # [G, Q] absolute position of each query row
+    key_positions: torch.Tensor  # [G, K] absolute position of each key column (padding: past every query)
+    key_groups: torch.Tensor | None  # [K] sequence of each key column (packed layout only)
+    query_groups: torch.Tensor | None  # [T] sequence of each query (packed layout only)
+    query_index: torch.Tensor | None  # [G, Q] packed token of each query row; None: identity (packed)
+    output_index: torch.Tensor | None  # [T] row of the flattened [G*Q] output for each token; None: identity
+    _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
+
+    def mask(self, sliding_window: int | None = None) -> torch.Tensor:
+        """Boolean `[G, 1, Q, K]`: True where a query may attend a key (causal, own sequence, window)."""
+        cached = self._masks.get(sliding_window)
+        if cached is not None:
+            return cached
+        allowed = self.key_positions[:, None, :] <= self.query_positions[:, :, None]
+        if sliding_window is not None:
+            allowed &= self.key_positions[:, None, :] > self.query_positions[:, :, None] - sliding_window
+        if self.key_groups is not None and self.query_groups is not None:
+            allowed &= (self.key_groups[None, :] == self.query_groups[:, None])[None]
+        mask = allowed[:, None]
+        self._masks[sliding_window] = mask
+        return mask
+
+
+@dataclass(frozen=True, slots=True)
+class PagedStep:
+    """What the attention function needs for one forward: the cache and the step's layout."""
+
+    cache: KVCache
+    layout: AttentionLayout
+
+
+def build_layout(
+    slot_table: torch.Tensor,
+    cache_lens: list[int],
+    chunk_lens: list[int],
+    positions: torch.Tensor,
+    packed: bool | None = None,
+) -> AttentionLayout:
+    """Layout for sequences computing `chunk_lens[i]` new tokens after `cache_lens[i]` cached ones.
+
+    `slot_table[i]` lists sequence i's slots (padded with a valid slot); `positions` `[T]` are the packed
+    tokens' positions, sequences one after another. `packed`: force a layout (None: the cheaper one).
+    """
+    device = slot_table.device
+    batch = len(chunk_lens)
+    total_queries = sum(chunk_lens)
+    kv_lens_list = [c + n for c, n in zip(cache_lens, chunk_lens, strict=True)]
+    max_queries, max_keys, total_keys = max(chunk_lens), max(kv_lens_list), sum(kv_lens_list)
+    q_lens = torch.tensor(chunk_lens, device=device)
+    kv_lens = torch.tensor(kv_lens_list, device=device)
+    columns = torch.arange(max_keys, device=device)
+    kv_valid = columns[None, :] < kv_lens[:, None]
+    starts = torch.tensor(cache_lens, device=device)
+    new_columns = starts[:, None] + torch.arange(max_queries, device=device)[None, :]
+    new_valid = torch.arange(max_queries, device=device)[None, :] < q_lens[:, None]
+    write_slots = slot_table.gather(1, new_columns.clamp(max=slot_table.shape[1] - 1))[new_valid]
+
+    if packed is None:
+        packed = total_queries * total_keys <= batch * max_queries * max_keys
+    if packed:
+        groups = torch.arange(batch, device=device)
+        return AttentionLayout(
+            write_slots=write_slots,
+            key_slots=slot_table[:, :max_keys][kv_valid][None, :],
+            query_positions=positions[None, :],
+            key_positions=columns.expand(batch, max_keys)[kv_valid][None, :],
+            key_groups=groups.repeat_interleave(kv_lens),
+            query_groups=groups.repeat_interleave(q_lens),
+            query_index=None,
+            output_index=None,
+        )
+
+    query_starts = torch.cumsum(q_lens, 0) - q_lens
+    rows = torch.minimum(torch.arange(max_queries, device=device)[None, :], (q_lens - 1)[:, None])
+    query_index = query_starts[:, None] + rows
+    query_groups = torch.arange(batch, device=device).repeat_interleave(q_lens)
+    token = torch.arange(total_queries, device=device)
+    output_index = query_groups * max_queries + token - query_starts[query_groups]
+    key_positions = torch.where(kv_valid, columns[None, :], torch.iinfo(torch.int64).max)
+    return AttentionLayout(
+        write_slots=write_slots,
+        key_slots=slot_table[:, :max_keys],
+        query_positions=positions[query_index],
+        key_positions=key_positions,
+        key_groups=None,
+        query_groups=None,
+        query_index=None if max_queries == 1 else query_index,
+        output_index=None if max_queries == 1 else output_index,
+    )
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: query `[1, H, T, D]`, key/value `[1, KVH, T, D]` -> `[1, T, H, D]`."""
+    step: PagedStep | None = kwargs.get(STEP_KWARG)
+    if step is None:
+        raise RuntimeError(
+            f"attention '{ATTENTION_NAME}' needs `{STEP_KWARG}` (only the bundled shard sets it)"
+        )
+    if softcap is not None:
+        raise NotImplementedError("attention logit softcapping is not supported by the bundled shard")
+    layout, layer = step.layout, module.layer_idx
+    step.cache.write(layer, layout.write_slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
+    keys, values = step.cache.gather(layer, layout.key_slots)
+    keys, values = keys.transpose(1, 2), values.transpose(1, 2)
+    heads, head_dim = query.shape[1], query.shape[3]
+    if layout.query_index is not None:
+        queries = query[0][:, layout.query_index].transpose(0, 1)
+    elif layout.key_groups is None:
+        queries = query[0].transpose(0, 1)[:, :, None]
+    else:
+        queries = query
+    output = F.scaled_dot_product_attention(
+        queries,
+        keys,
+        values,
+        attn_mask=layout.mask(sliding_window),
+        scale=scaling,
+        enable_gqa=heads != keys.shape[1],
+    )
+    output = output.transpose(1, 2)
+    if layout.key_groups is None:
+        output = output.reshape(-1, heads, head_dim)
+        if layout.output_index is not None:
+            output = output[layout.output_index]
+        output = output[None]
+    return output, None
+
+
+def register() -> str:
+    """Register the attention function with transformers (idempotent); returns its name."""
+    AttentionInterface.register(ATTENTION_NAME, paged_attention_forward)
+    return ATTENTION_NAME

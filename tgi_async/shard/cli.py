@@ -1,0 +1,148 @@
+"""`tgi-async shard serve MODEL_ID`: the bundled shard, with the flags of TGI's text-generation-server.
+
+Flags the bundled shard cannot honor (quantization, speculation, LoRA adapters, tensor parallelism) fail at
+startup with a clear message instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+logger = logging.getLogger("tgi_async.shard")
+
+DEFAULT_UDS_PATH = "/tmp/text-generation-server"
+DTYPE_CHOICES = ("float32", "float16", "bfloat16")
+KV_CACHE_DTYPE_CHOICES = ("fp8_e4m3fn", "fp8_e5m2")
+
+
+class ConfigError(ValueError):
+    """A flag or environment value the bundled shard cannot run with."""
+
+
+def add_parser(subparsers) -> None:
+    shard = subparsers.add_parser("shard", help="the bundled transformers shard (generate.v3 over gRPC)")
+    commands = shard.add_subparsers(dest="shard_command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve MODEL_ID on unix://{uds-path}-{RANK}",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("model_id", metavar="MODEL_ID", help="a local model directory or a hub model id")
+    serve.add_argument("--revision", default=None, help="hub revision of MODEL_ID")
+    serve.add_argument("--sharded", action=argparse.BooleanOptionalAction, default=False)
+    serve.add_argument("--quantize", default=None, help="not supported by the bundled shard")
+    serve.add_argument("--speculate", type=int, default=None, help="only 0 is supported")
+    serve.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default=None, help="default: float32 on CPU, bf16 on CUDA"
+    )
+    serve.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPE_CHOICES, default=None)
+    serve.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=False)
+    serve.add_argument("--uds-path", default=DEFAULT_UDS_PATH, help="socket prefix; binds {uds-path}-{RANK}")
+    serve.add_argument("--logger-level", default="INFO")
+    serve.add_argument("--json-output", action=argparse.BooleanOptionalAction, default=False)
+    serve.add_argument("--otlp-endpoint", default=None)
+    serve.add_argument("--otlp-service-name", default="text-generation-inference.server")
+    serve.add_argument("--otlp-file", default=None, help="also append spans to this file (OTLP JSON lines)")
+    serve.add_argument("--max-input-tokens", type=int, default=None)
+    serve.add_argument("--lora-adapters", default=None, help="not supported by the bundled shard")
+    serve.add_argument(
+        "--kv-cache-memory-fraction",
+        type=float,
+        default=0.05,
+        help="CPU: share of available RAM for the KV cache (capped by --kv-cache-max-gib)",
+    )
+    serve.add_argument("--kv-cache-max-gib", type=float, default=4.0, help="CPU: upper bound on the KV cache")
+    serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    serve.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: 1 on CPU for models under 50M parameters)",
+    )
+    serve.set_defaults(func=run)
+
+
+def check_supported(args: argparse.Namespace, environ: dict[str, str]) -> tuple[int, int]:
+    """ConfigError for what the bundled shard cannot do; returns (rank, world_size) from RANK / WORLD_SIZE."""
+    try:
+        rank, world_size = int(environ.get("RANK", "0")), int(environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ConfigError("RANK and WORLD_SIZE must be integers") from None
+    if world_size > 1:
+        raise ConfigError(
+            f"WORLD_SIZE={world_size}: the bundled shard has no tensor parallelism; run one shard "
+            "(--num-shard 1) or use TGI's shard"
+        )
+    if args.quantize is not None:
+        raise ConfigError(
+            f"quantization {args.quantize} is not supported by the bundled shard; use TGI's shard"
+        )
+    if args.speculate:
+        raise ConfigError(f"--speculate {args.speculate}: speculation is not supported by the bundled shard")
+    if args.lora_adapters or environ.get("LORA_ADAPTERS"):
+        raise ConfigError("LoRA adapters are not supported by the bundled shard; use TGI's shard")
+    if not 0 < args.kv_cache_memory_fraction <= 1:
+        raise ConfigError(
+            f"--kv-cache-memory-fraction must be in (0, 1], got {args.kv_cache_memory_fraction}"
+        )
+    if args.num_threads is not None and args.num_threads < 1:
+        raise ConfigError(f"--num-threads must be >= 1, got {args.num_threads}")
+    if args.kv_cache_max_gib <= 0:
+        raise ConfigError(f"--kv-cache-max-gib must be > 0, got {args.kv_cache_max_gib}")
+    return rank, world_size
+
+
+def load_engine(args: argparse.Namespace):
+    """Load the model; what cannot be loaded (or served) becomes a ConfigError with the reason."""
+    from tgi_async.shard.engine import Engine, EngineConfig, UnsupportedModelError
+
+    config = EngineConfig(
+        model_id=args.model_id,
+        revision=args.revision,
+        dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
+        trust_remote_code=args.trust_remote_code,
+        kv_cache_memory_fraction=args.kv_cache_memory_fraction,
+        kv_cache_max_bytes=int(args.kv_cache_max_gib * (1 << 30)),
+        device=args.device,
+        num_threads=args.num_threads,
+    )
+    try:
+        return Engine(config)
+    except UnsupportedModelError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        if os.path.isdir(args.model_id):
+            raise ConfigError(f"cannot load {args.model_id}: {exc}") from None
+        raise ConfigError(f"MODEL_ID is not a local directory and the hub is unreachable: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from tgi_async.logs import setup_logging
+
+    setup_logging(json_output=args.json_output, level=args.logger_level)
+    try:
+        rank, world_size = check_supported(args, dict(os.environ))
+        engine = load_engine(args)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    from tgi_async.shard.server import serve
+    from tgi_async.telemetry import grpc_tracing, setup_from_args
+
+    # NOTE: the single tracing hook: a server span per RPC, child of the router's traceparent metadata.
+    setup_from_args(args, "text-generation-inference.server")
+    interceptors = list(grpc_tracing.server_interceptors())
+    asyncio.run(serve(engine, args.uds_path, rank, world_size, interceptors))
+    return 0
+
+
+if __name__ == "__main__":
+    from tgi_async.cli import main
+
+    sys.exit(main(["shard", *sys.argv[1:]]))

@@ -1,0 +1,237 @@
+"""One shard step as spans, current while the RPC runs so the shard's server span becomes their child.
+
+A step that prefills a new batch: `batch` (opened at admission, TGI's name) -> `admit` and `prefill` (the
+call). Any other step: one span named after its RPC (`decode`; TGI nests it in a `batch` span, one span
+halves the per-step cost). Links and the `tgi_async.batch.request_ids` list are written only where the
+batch's membership changes (requests join with a prefill or a merge, leave by finishing), so a long decode
+of a large batch does not pay per request per step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from tgi_async.telemetry import attributes as a
+from tgi_async.telemetry.scheduler import CURRENT_STEP, StepHandle
+
+if TYPE_CHECKING:
+    from contextvars import Token
+
+    from tgi_async.client.types import CachedBatch, NewBatch, StepResult
+    from tgi_async.telemetry.scheduler_spans import ActiveSchedulerTracer
+
+ROOT = Context()  # parent of step spans: each step is its own trace, linked to its requests (as in TGI)
+CLIENT = SpanKind.CLIENT
+
+
+class StepTrace(StepHandle):
+    __slots__ = (
+        "batch_id",
+        "batch_ids",
+        "batch_span",
+        "call_span",
+        "current_token",
+        "method",
+        "otel_token",
+        "owner",
+        "request_ids",
+        "seq",
+        "start_ns",
+    )
+
+    def __init__(self, owner: ActiveSchedulerTracer, method: str, seq: int) -> None:
+        self.owner = owner
+        self.method = method
+        self.seq = seq
+        self.start_ns = time.time_ns()
+        self.batch_span: Span | None = None
+        self.call_span: Span | None = None
+        self.otel_token: object | None = None
+        self.current_token: Token | None = None
+        self.batch_id = -1  # the id the shard keeps after this step
+        self.batch_ids: tuple[int, ...] = ()
+        self.request_ids: tuple[int, ...] = ()
+
+    # -- the call goes out -------------------------------------------------------------------------------
+    def sent(self, new_batch: NewBatch | None, cached: Sequence[CachedBatch]) -> None:
+        if self.batch_span is not None:
+            return
+        owner = self.owner
+        requests = owner.requests
+        new_ids = tuple(r.id for r in new_batch.requests) if new_batch is not None else ()
+        self.request_ids = new_ids + tuple(i for b in cached for i in b.request_ids)
+        self.batch_ids = ((new_batch.id,) if new_batch is not None else ()) + tuple(b.id for b in cached)
+        # the shard concatenates into the cached batch (Prefill) or the first batch (Decode)
+        self.batch_id = cached[0].id if cached else (self.batch_ids[0] if self.batch_ids else -1)
+        prefill_tokens, decode_tokens, chunks = _tokens(new_batch, cached, requests)
+        attributes: dict[str, Any] = {
+            a.STEP_METHOD: self.method,
+            a.STEP_SEQ: self.seq,
+            a.BATCH_ID: self.batch_id,
+            a.BATCH_SIZE: len(self.request_ids),
+            a.BATCH_MAX_TOKENS: sum(b.max_tokens for b in cached)
+            + (new_batch.max_tokens if new_batch else 0),
+            a.STEP_PREFILL_TOKENS: prefill_tokens,
+            a.STEP_DECODE_TOKENS: decode_tokens,
+            a.STEP_CALLS_IN_FLIGHT: owner.in_flight,
+        }
+        if len(self.batch_ids) > 1:
+            attributes[a.BATCH_IDS] = self.batch_ids
+        if owner.members.get(self.batch_id) != self.request_ids:  # written when membership changes
+            attributes[a.BATCH_REQUEST_IDS] = self.request_ids
+        for batch_id in self.batch_ids:
+            owner.members.pop(batch_id, None)
+        owner.members[self.batch_id] = self.request_ids
+
+        pending = owner.pending.pop(new_batch.id, None) if new_batch is not None else None
+        if pending is not None:  # a new batch: `batch` (opened at admission) -> `admit`, `prefill`
+            step = pending[0]
+            step.set_attributes(attributes)
+            call = owner.tracer.start_span(self.method, context=trace.set_span_in_context(step), kind=CLIENT)
+        else:  # NOTE: one span per step (TGI nests `decode` in `batch`): it halves the per-step cost
+            step = call = owner.tracer.start_span(
+                self.method, context=ROOT, kind=CLIENT, start_time=self.start_ns, attributes=attributes
+            )
+        self.batch_span, self.call_span = step, call
+        if len(self.batch_ids) > 1:
+            step.add_event(
+                a.EVENT_MERGE,
+                {a.MERGE_BATCH_IDS: self.batch_ids, a.MERGE_REQUEST_COUNT: len(self.request_ids)},
+            )
+        if new_batch is None:  # requests of the batches after the first join it: linked both ways
+            step_context = step.get_span_context()
+            for b in cached[1:]:
+                for request_id in b.request_ids:
+                    trace_ = requests.get(request_id)
+                    if trace_ is not None and trace_.infer is not None and trace_.outcome is None:
+                        trace_.infer.add_link(step_context)
+                        step.add_link(trace_.infer.get_span_context())
+        for trace_, chunk in chunks:
+            step.add_event(a.EVENT_CHUNK, chunk)
+            if trace_.infer is not None:
+                trace_.infer.add_event(a.EVENT_CHUNK, chunk)
+        self.otel_token = otel_context.attach(trace.set_span_in_context(call))
+
+    # -- the answer comes back ---------------------------------------------------------------------------
+    def done(self, result: StepResult) -> None:
+        if not self._close():
+            return
+        now = time.time_ns()
+        assert self.batch_span is not None and self.call_span is not None
+        if self.call_span is not self.batch_span:
+            self.call_span.end(end_time=now)
+        owner = self.owner
+        requests = owner.requests
+        link_context = self.batch_span.get_span_context()
+        finished = []
+        for generation in result.generations:
+            trace_ = requests.get(generation.request_id)
+            if trace_ is None or trace_.infer is None or trace_.outcome is not None:
+                continue
+            if not trace_.got_token and generation.tokens:
+                trace_.got_token = True
+                trace_.prompt_left = 0
+                trace_.infer.add_event(a.EVENT_FIRST_TOKEN, timestamp=now)
+            text = generation.generated_text
+            if text is not None:
+                finished.append(generation.request_id)
+                trace_.infer.add_link(link_context)
+                self.batch_span.add_link(trace_.infer.get_span_context())
+                trace_.infer.set_attributes(
+                    {
+                        a.REQUEST_GENERATED_TOKENS: text.generated_tokens,
+                        a.REQUEST_FINISH_REASON: text.finish_reason,
+                    }
+                )
+                owner.end_infer(trace_, "finished", now)
+        timings = result.timings
+        attributes = {
+            a.SHARD_FORWARD_NS: timings.forward_ns,
+            a.SHARD_DECODE_NS: timings.decode_ns,
+            a.SHARD_TOTAL_NS: timings.total_ns,
+            a.STEP_GENERATIONS: len(result.generations),
+            a.STEP_WALL_NS: now - self.start_ns,
+        }
+        if finished:
+            attributes[a.STEP_FINISHED_IDS] = tuple(finished)
+        if timings.concat_ns is not None:
+            attributes[a.SHARD_CONCAT_NS] = timings.concat_ns
+        self.batch_span.set_attributes(attributes)
+        self.batch_span.end(end_time=now)
+        owner.step_ended(self, result)
+        if result.batch is None:
+            owner.members.pop(self.batch_id, None)
+
+    def failed(self) -> None:
+        if not self._close():
+            return
+        exc = sys.exc_info()[1]
+        status = Status(StatusCode.ERROR, str(exc) if exc is not None else "failed")
+        assert self.batch_span is not None and self.call_span is not None
+        if exc is not None:
+            self.call_span.record_exception(exc)
+        for span in {self.call_span, self.batch_span}:
+            span.set_status(status)
+            span.end()
+        for request_id in self.request_ids:
+            trace_ = self.owner.requests.get(request_id)
+            if trace_ is not None and trace_.infer is not None and trace_.outcome is None:
+                trace_.infer.set_status(status)
+        self.owner.step_ended(self, None)
+        for batch_id in self.batch_ids:
+            self.owner.members.pop(batch_id, None)
+
+    def _close(self) -> bool:
+        """Leave the step's context; False if it was closed already."""
+        if self.current_token is None:
+            return False
+        if self.otel_token is not None:
+            otel_context.detach(self.otel_token)  # type: ignore[arg-type]
+        CURRENT_STEP.reset(self.current_token)
+        self.current_token = self.otel_token = None
+        if self.batch_span is None:  # the shard client never reported what it sent
+            self.sent(None, ())
+            otel_context.detach(self.otel_token)  # type: ignore[arg-type]
+            self.otel_token = None
+        return True
+
+
+def _tokens(
+    new_batch: NewBatch | None, cached: Sequence[CachedBatch], requests: dict[int, Any]
+) -> tuple[int, int, list[tuple[Any, dict[str, int]]]]:
+    """(prompt tokens, decode tokens, chunk events) of a step; advances the chunked prompts it carries."""
+    prefill_tokens = 0
+    if new_batch is not None:
+        for r in new_batch.requests:
+            prefill_tokens += r.chunk_len if r.chunk_len is not None else r.request.input_length - r.cache_len
+    decode_tokens, prefilling = 0, []
+    for b in cached:
+        for request_id in b.request_ids:
+            trace_ = requests.get(request_id)
+            if trace_ is not None and trace_.prompt_left > 0:
+                prefilling.append((request_id, trace_))
+            else:
+                decode_tokens += 1
+    chunks = []
+    if prefilling:  # a chunked prompt continues: the shard computes the batch's pending prompt tokens
+        left = max(0, sum(b.current_tokens for b in cached) - decode_tokens)
+        for request_id, trace_ in prefilling:
+            tokens = min(trace_.prompt_left, left)
+            left -= tokens
+            trace_.prompt_left -= tokens
+            prefill_tokens += tokens
+            chunk = {
+                a.CHUNK_REQUEST_ID: request_id,
+                a.CHUNK_TOKENS: tokens,
+                a.CHUNK_TOKENS_LEFT: trace_.prompt_left,
+            }
+            chunks.append((trace_, chunk))
+    return prefill_tokens, decode_tokens, chunks
