@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from tgi_async.launcher.processes import ChildProcess, start_bundled_shard, start_router
@@ -23,18 +24,33 @@ def tiny_model() -> Path:
     return cached_tiny_model(CACHE_DIR)
 
 
+# NOTE: on a 2-core machine the shard, the router and the load generator fight for the same cores, which
+# measures the OS scheduler, not ours. Pinning the shard to CPU 0 (standing in for the accelerator) and the
+# router and the clients to the other CPUs reproduces a serving node's shape: compute on one side, the
+# router's CPU work on the other. Disable with TGI_ASYNC_BENCH_PIN=0.
+PIN = (os.cpu_count() or 1) >= 2 and os.environ.get("TGI_ASYNC_BENCH_PIN", "1") != "0"
+SHARD_CPUS = {0} if PIN else None
+ROUTER_CPUS = set(range(1, os.cpu_count() or 1)) if PIN else None
+
+
+def pin_this_process() -> None:
+    """Put the load generator beside the router, away from the shard's CPU."""
+    if ROUTER_CPUS is not None:
+        os.sched_setaffinity(0, ROUTER_CPUS)
+
+
 @contextlib.contextmanager
-def shard_process(model: Path, *extra: str) -> Iterator[str]:
-    child, socket_path = start_bundled_shard(model, *extra)
+def shard_process(model: Path, *extra: str) -> Iterator[tuple[ChildProcess, str]]:
+    child, socket_path = start_bundled_shard(model, *extra, cpus=SHARD_CPUS)
     try:
-        yield socket_path
+        yield child, socket_path
     finally:
         child.stop()
 
 
 @contextlib.contextmanager
 def router_process(model: Path, shard_socket: str, *args: str) -> Iterator[tuple[ChildProcess, str]]:
-    child, url = start_router(model, shard_socket, *args)
+    child, url = start_router(model, shard_socket, *args, cpus=ROUTER_CPUS)
     try:
         yield child, url
     finally:
@@ -59,7 +75,7 @@ class Stream:
 
 
 async def stream(
-    client: httpx.AsyncClient, url: str, prompt: str, max_new_tokens: int, record: Stream | None = None
+    session: aiohttp.ClientSession, url: str, prompt: str, max_new_tokens: int, record: Stream | None = None
 ) -> Stream:
     """Stream one request; token events are timed as they arrive (no JSON decoding on the hot path).
 
@@ -68,14 +84,22 @@ async def stream(
     body = {"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens}}
     record = record or Stream(sent=0.0)
     record.sent = time.perf_counter()
-    async with client.stream("POST", f"{url}/generate_stream", json=body) as response:
-        async for line in response.aiter_lines():
-            if line.startswith("data:"):
-                if '"error"' in line[:12]:
-                    record.error = line
+    async with session.post(f"{url}/generate_stream", json=body) as response:
+        async for line in response.content:
+            if line.startswith(b"data:"):
+                if line.startswith(b'data: {"error"'):
+                    record.error = line.decode()
                     break
                 record.token_times.append(time.perf_counter())
     return record
+
+
+def client_session(connections: int) -> aiohttp.ClientSession:
+    """The load generator's HTTP client: aiohttp, lighter per event than httpx, so it leaves the CPU to the
+    router it shares a core with."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections), timeout=aiohttp.ClientTimeout(total=600)
+    )
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -91,9 +115,15 @@ def scrape(url: str) -> dict[str, float]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds a process's threads have run, in nanoseconds' precision (Linux schedstat).
+
+    NOTE: threads that exit in between are not counted; the router's threads live as long as it does.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -12,13 +12,19 @@ import argparse
 import asyncio
 import time
 
-import httpx
-
-from benchmarks.harness import cpu_seconds, router_process, shard_process, stream, tiny_model
+from benchmarks.harness import (
+    client_session,
+    cpu_seconds,
+    pin_this_process,
+    router_process,
+    shard_process,
+    stream,
+    tiny_model,
+)
 
 
 async def measure(url: str, pid: int, streams: int, new_tokens: int) -> tuple[int, float, float]:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams + 8)) as client:
+    async with client_session(streams + 8) as client:
         cpu_before, start = cpu_seconds(pid), time.perf_counter()
         results = await asyncio.gather(
             *(
@@ -31,10 +37,11 @@ async def measure(url: str, pid: int, streams: int, new_tokens: int) -> tuple[in
 
 
 async def run(args: argparse.Namespace) -> None:
+    pin_this_process()
     model = tiny_model()
     print("| scheduler | streams | tokens | router CPU s | CPU us/token | wall s | tokens/s |")
     print("|---|---|---|---|---|---|---|")
-    with shard_process(model) as socket_path:
+    with shard_process(model) as (_, socket_path):
         for policy in ("sync", "async"):
             router_args = ("--scheduler", policy, "--max-concurrent-requests", "1024")
             with router_process(model, socket_path, *router_args) as (child, url):

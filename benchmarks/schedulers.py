@@ -17,13 +17,15 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import httpx
 from transformers import AutoTokenizer
 
 from benchmarks.harness import (
     Stream,
+    client_session,
+    cpu_seconds,
     median,
     percentile,
+    pin_this_process,
     router_process,
     scrape,
     shard_process,
@@ -46,7 +48,8 @@ def prompt_of(tokenizer, tokens: int, salt: int) -> str:
 class DecodeResult:
     tokens: int
     wall: float
-    busy: float
+    busy: float  # seconds the shard spent in step handlers
+    shard_cpu: float  # CPU seconds of the whole shard process (handlers, gRPC, protobuf)
 
     @property
     def tokens_per_s(self) -> float:
@@ -57,9 +60,9 @@ class DecodeResult:
         return self.busy / self.wall
 
 
-async def decode_heavy(url: str, tokenizer, streams: int, new_tokens: int) -> DecodeResult:
-    before = scrape(url)
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams + 8)) as client:
+async def decode_heavy(url: str, shard_pid: int, tokenizer, streams: int, new_tokens: int) -> DecodeResult:
+    before, cpu_before = scrape(url), cpu_seconds(shard_pid)
+    async with client_session(streams + 8) as client:
         start = time.perf_counter()
         results = await asyncio.gather(
             *(stream(client, url, prompt_of(tokenizer, 12, i), new_tokens) for i in range(streams))
@@ -69,7 +72,9 @@ async def decode_heavy(url: str, tokenizer, streams: int, new_tokens: int) -> De
     busy = after.get("tgi_async_shard_busy_seconds", 0) - before.get("tgi_async_shard_busy_seconds", 0)
     errors = [r.error for r in results if r.error]
     assert not errors, errors[:3]
-    return DecodeResult(sum(len(r.token_times) for r in results), wall, busy)
+    return DecodeResult(
+        sum(len(r.token_times) for r in results), wall, busy, cpu_seconds(shard_pid) - cpu_before
+    )
 
 
 @dataclass
@@ -83,21 +88,18 @@ class MixedResult:
 async def mixed(
     url: str, tokenizer, streams: int, prompt_tokens: int, interval: float, arrivals: int
 ) -> MixedResult:
-    async with httpx.AsyncClient(
-        timeout=600, limits=httpx.Limits(max_connections=streams + arrivals + 8)
-    ) as client:
+    async with client_session(streams + arrivals + 8) as client:
         records = [Stream(sent=0.0) for _ in range(streams)]
         background = [
             asyncio.create_task(stream(client, url, prompt_of(tokenizer, 12, i), 3000, record))
             for i, record in enumerate(records)
         ]
+        prompts = [prompt_of(tokenizer, prompt_tokens, 100 + i) for i in range(arrivals)]  # not in the window
         await asyncio.sleep(1.0)  # all streams decoding before prompts arrive
         window_start = time.perf_counter()
         arriving: list[asyncio.Task[Stream]] = []
-        for i in range(arrivals):
-            arriving.append(
-                asyncio.create_task(stream(client, url, prompt_of(tokenizer, prompt_tokens, 100 + i), 8))
-            )
+        for prompt in prompts:
+            arriving.append(asyncio.create_task(stream(client, url, prompt, 8)))
             await asyncio.sleep(interval)
         done = await asyncio.gather(*arriving)
         window_end = time.perf_counter()
@@ -110,57 +112,83 @@ async def mixed(
 
 
 async def run(args: argparse.Namespace) -> None:
+    pin_this_process()
     model = tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    results: dict[str, dict[str, object]] = {"sync": {}, "async": {}}
-    with shard_process(model) as socket_path:
-        for policy in ("sync", "async"):
-            router_args = ["--scheduler", policy, "--max-concurrent-requests", "1024"]
-            router_args += ["--prefill-step-tokens", str(args.prefill_step_tokens)]
-            with router_process(model, socket_path, *router_args) as (_, url):
-                await decode_heavy(url, tokenizer, 8, 16)  # warm caches and code paths
-                if args.scenario in ("decode", "both"):
-                    results[policy]["decode"] = await decode_heavy(
-                        url, tokenizer, args.streams, args.new_tokens
-                    )
-                if args.scenario in ("mixed", "both"):
-                    results[policy]["mixed"] = await mixed(
-                        url,
-                        tokenizer,
-                        args.mixed_streams,
-                        args.prompt_tokens,
-                        args.interval_ms / 1000,
-                        args.arrivals,
-                    )
-    report(results, args)
+    decode: dict[str, list[DecodeResult]] = {"sync": [], "async": []}
+    mixed_: dict[str, list[MixedResult]] = {"sync": [], "async": []}
+    with shard_process(model) as (shard, socket_path):
+        for _ in range(args.rounds):  # alternate the policies so drift on the machine hits both alike
+            for policy in ("sync", "async"):
+                router_args = ["--scheduler", policy, "--max-concurrent-requests", "1024"]
+                router_args += ["--prefill-step-tokens", str(args.prefill_step_tokens)]
+                with router_process(model, socket_path, *router_args) as (_, url):
+                    await decode_heavy(url, shard.popen.pid, tokenizer, 8, 16)  # warm caches and code paths
+                    if args.scenario in ("decode", "both"):
+                        decode[policy].append(
+                            await decode_heavy(url, shard.popen.pid, tokenizer, args.streams, args.new_tokens)
+                        )
+                    if args.scenario in ("mixed", "both"):
+                        mixed_[policy].append(
+                            await mixed(
+                                url,
+                                tokenizer,
+                                args.mixed_streams,
+                                args.prompt_tokens,
+                                args.interval_ms / 1000,
+                                args.arrivals,
+                            )
+                        )
+    report(decode, mixed_, args)
 
 
-def report(results: dict[str, dict[str, object]], args: argparse.Namespace) -> None:
-    sync, async_ = results["sync"], results["async"]
-    if "decode" in sync:
-        s, a = sync["decode"], async_["decode"]
-        print(f"\n### decode-heavy: {args.streams} streams x {args.new_tokens} new tokens\n")
-        print("| scheduler | tokens | wall s | tokens/s | shard busy fraction |")
-        print("|---|---|---|---|---|")
-        for name, r in (("sync", s), ("async", a)):
-            print(f"| {name} | {r.tokens} | {r.wall:.2f} | {r.tokens_per_s:.0f} | {r.busy_fraction:.3f} |")
+def report(
+    decode: dict[str, list[DecodeResult]], mixed_: dict[str, list[MixedResult]], args: argparse.Namespace
+) -> None:
+    """Every round's numbers, then the ratios of the per-policy medians."""
+    if decode["sync"]:
         print(
-            f"\ntokens/s async/sync = **{a.tokens_per_s / s.tokens_per_s:.2f}** (target >= 1.30); "
-            f"async busy fraction = **{a.busy_fraction:.3f}** (target >= 0.95)"
+            f"\n### decode-heavy: {args.streams} streams x {args.new_tokens} new tokens, "
+            f"{args.rounds} rounds\n"
         )
-    if "mixed" in sync:
-        s, a = sync["mixed"], async_["mixed"]
+        print("| round | scheduler | tokens | wall s | tokens/s | shard busy fraction | shard CPU / wall |")
+        print("|---|---|---|---|---|---|---|")
+        for i, pair in enumerate(zip(decode["sync"], decode["async"], strict=True)):
+            for name, r in zip(("sync", "async"), pair, strict=True):
+                print(
+                    f"| {i + 1} | {name} | {r.tokens} | {r.wall:.2f} | {r.tokens_per_s:.0f} | "
+                    f"{r.busy_fraction:.3f} | {r.shard_cpu / r.wall:.2f} |"
+                )
+        s_tps = median([r.tokens_per_s for r in decode["sync"]])
+        a_tps = median([r.tokens_per_s for r in decode["async"]])
+        a_busy = median([r.busy_fraction for r in decode["async"]])
+        s_busy = median([r.busy_fraction for r in decode["sync"]])
+        print(
+            f"\nmedians: tokens/s sync {s_tps:.0f}, async {a_tps:.0f}; "
+            f"busy sync {s_busy:.3f}, async {a_busy:.3f}"
+            f"\ntokens/s async/sync = **{a_tps / s_tps:.2f}** (target >= 1.30); "
+            f"async busy fraction = **{a_busy:.3f}** (target >= 0.95)"
+        )
+    if mixed_["sync"]:
         print(
             f"\n### mixed: {args.mixed_streams} streams decoding, {args.arrivals} prompts of "
-            f"{args.prompt_tokens} tokens every {args.interval_ms} ms\n"
+            f"{args.prompt_tokens} tokens every {args.interval_ms} ms, {args.rounds} rounds\n"
         )
-        print("| scheduler | ITL p50 ms | ITL p99 ms | TTFT p50 ms |")
-        print("|---|---|---|---|")
-        for name, r in (("sync", s), ("async", a)):
-            print(f"| {name} | {r.itl_p50 * 1e3:.1f} | {r.itl_p99 * 1e3:.1f} | {r.ttft_p50 * 1e3:.1f} |")
+        print("| round | scheduler | ITL p50 ms | ITL p99 ms | TTFT p50 ms |")
+        print("|---|---|---|---|---|")
+        for i, pair in enumerate(zip(mixed_["sync"], mixed_["async"], strict=True)):
+            for name, r in zip(("sync", "async"), pair, strict=True):
+                print(
+                    f"| {i + 1} | {name} | {r.itl_p50 * 1e3:.1f} | {r.itl_p99 * 1e3:.1f} | "
+                    f"{r.ttft_p50 * 1e3:.1f} |"
+                )
+        s_itl, a_itl = (median([r.itl_p99 for r in mixed_[p]]) for p in ("sync", "async"))
+        s_ttft, a_ttft = (median([r.ttft_p50 for r in mixed_[p]]) for p in ("sync", "async"))
         print(
-            f"\nITL p99 async/sync = **{a.itl_p99 / s.itl_p99:.2f}** (target <= 0.5); "
-            f"TTFT p50 async/sync = **{a.ttft_p50 / s.ttft_p50:.2f}** (target <= 1.0)"
+            f"\nmedians: ITL p99 sync {s_itl * 1e3:.1f} ms, async {a_itl * 1e3:.1f} ms; "
+            f"TTFT p50 sync {s_ttft * 1e3:.1f} ms, async {a_ttft * 1e3:.1f} ms"
+            f"\nITL p99 async/sync = **{a_itl / s_itl:.2f}** (target <= 0.5); "
+            f"TTFT p50 async/sync = **{a_ttft / s_ttft:.2f}** (target <= 1.0)"
         )
 
 
@@ -173,7 +201,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=2000)
     parser.add_argument("--interval-ms", type=int, default=500)
     parser.add_argument("--arrivals", type=int, default=10)
-    parser.add_argument("--prefill-step-tokens", type=int, default=512)
+    parser.add_argument("--prefill-step-tokens", type=int, default=768)
+    parser.add_argument("--rounds", type=int, default=3)
     asyncio.run(run(parser.parse_args()))
 
 

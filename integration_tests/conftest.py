@@ -56,6 +56,8 @@ def launch(model_dir: Path, *flags: str) -> tuple[ChildProcess, str]:
 @pytest.fixture(scope="module", params=["async", "sync"])
 def launched(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[str]:
     """The bundled stack under each scheduler, launched like `make run` does."""
-    child, url = launch(tiny_model_dir, "--shard", "bundled", "--scheduler", request.param)
+    # 256 concurrent requests allowed: the 200-request test must not meet TGI's default limit of 128
+    flags = ("--shard", "bundled", "--scheduler", request.param, "--max-concurrent-requests", "256")
+    child, url = launch(tiny_model_dir, *flags)
     yield url
     assert child.stop(timeout=30) == 0, child.log_tail()

@@ -27,10 +27,11 @@ def test_text_generation_client_streams_the_final_text(launched: str) -> None:
 
 def test_hub_and_openai_clients(launched: str) -> None:
     hub = InferenceClient(base_url=launched)
-    chat = hub.chat_completion([{"role": "user", "content": "hi"}], max_tokens=8)
+    messages = [{"role": "user", "content": "hi"}]
+    chat = hub.chat_completion(messages, max_tokens=8, temperature=0)
     streamed = "".join(
         c.choices[0].delta.content or ""
-        for c in hub.chat_completion([{"role": "user", "content": "hi"}], max_tokens=8, stream=True)
+        for c in hub.chat_completion(messages, max_tokens=8, temperature=0, stream=True)
     )
     assert chat.choices[0].message.content == streamed
     openai = OpenAI(base_url=f"{launched}/v1", api_key="-")

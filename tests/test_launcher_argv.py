@@ -287,6 +287,7 @@ def test_router_argv_defaults_follow_spawn_webserver() -> None:
         "--usage-stats", "on",
         "--otlp-service-name", "text-generation-inference.router",
         "--scheduler", "async",
+        "--prefill-step-tokens", "768",
     ]  # fmt: skip
 
 
@@ -311,7 +312,7 @@ def test_router_argv_with_every_option() -> None:
         "--ngrok --ngrok-authtoken t --ngrok-edge e",
     ):  # fmt: skip
         assert part in joined, part
-    assert args[-2:] == ["--scheduler", "sync"]
+    assert args[-4:] == ["--scheduler", "sync", "--prefill-step-tokens", "768"]
 
 
 @pytest.mark.skipif(not HAS_ROUTER, reason="tgi_async.router.cli not built yet")

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 
 # LogRecord attributes that are not user fields
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -99,12 +99,11 @@ class SimulatedShard:
                 )
                 sim.chunk = r.chunk_len if r.chunk_len is not None else prompt_len
                 new.append(sim)
-            if cached_batch is not None:
-                self.batches[batch.id] = self._get(cached_batch.id, "Prefill") + new
-                self.batches.pop(cached_batch.id)
-            else:
+            if cached_batch is None:
                 self.batches[batch.id] = new
-            return self._step(batch.id)
+                return self._step(batch.id)
+            self._get(cached_batch.id, "Prefill").extend(new)  # concatenated into the cached batch's id
+            return self._step(cached_batch.id)
 
     async def decode(self, batches, metadata=None) -> StepResult:
         async with self._serial():

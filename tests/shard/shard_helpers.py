@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import torch
 
+from tgi_async.client.shard_client import warmup_request
 from tgi_async.proto import pb
 
 BLOCK_SIZE = 16
@@ -16,10 +16,6 @@ GREEDY = pb.NextTokenChooserParameters(temperature=1.0, top_p=1.0, typical_p=1.0
 
 # The prefill token budget the tests warm the shard up with: it bounds how a chunked prompt continues.
 MAX_PREFILL_TOKENS = 64
-# A tiny JPEG header: warmup's image chunk must be ignored whatever its bytes.
-WARMUP_IMAGE = base64.b64decode(
-    "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAP//////////////////////////////////////////"
-)
 
 
 def router_warmup_request(
@@ -28,54 +24,8 @@ def router_warmup_request(
     max_total_tokens: int | None,
     max_batch_size: int | None = None,
 ) -> pb.WarmupRequest:
-    """Warmup exactly as TGI's router (backends/v3 client) builds it: requests of "_test " repeated, an image
-    chunk on the first, no blocks/slots, watermark, top_n 20, prefill logprobs, all request ids 0."""
-    requests, n_tokens = [], 0
-    while n_tokens < max_prefill_tokens:
-        truncate = max_prefill_tokens - n_tokens
-        if max_input_tokens is not None:
-            truncate = min(max_input_tokens, truncate)
-        chunks = [pb.InputChunk(text="_test " * truncate)]
-        if n_tokens == 0:
-            chunks.append(pb.InputChunk(image=pb.Image(data=WARMUP_IMAGE, mimetype="image/jpeg;base64")))
-        max_new_tokens = max_total_tokens - truncate if max_total_tokens is not None else 1
-        requests.append(
-            pb.Request(
-                id=0,
-                inputs="_test " * truncate,
-                add_special_tokens=True,
-                input_chunks=pb.Input(chunks=chunks),
-                truncate=truncate,
-                parameters=pb.NextTokenChooserParameters(
-                    temperature=0.9,
-                    top_k=10,
-                    top_p=0.9,
-                    typical_p=0.9,
-                    do_sample=False,
-                    seed=0,
-                    repetition_penalty=1.2,
-                    frequency_penalty=0.1,
-                    watermark=True,
-                ),
-                stopping_parameters=pb.StoppingCriteriaParameters(
-                    max_new_tokens=max_new_tokens, ignore_eos_token=True
-                ),
-                prefill_logprobs=True,
-                top_n_tokens=20,
-            )
-        )
-        n_tokens += truncate
-        if max_batch_size is not None and len(requests) == max_batch_size:
-            break
-    message = pb.WarmupRequest(
-        batch=pb.Batch(id=0, requests=requests, size=len(requests), max_tokens=max_input_tokens or 0),
-        max_prefill_tokens=max_prefill_tokens,
-    )
-    if max_input_tokens is not None:
-        message.max_input_tokens = max_input_tokens
-    if max_total_tokens is not None:
-        message.max_total_tokens = max_total_tokens
-    return message
+    """Warmup exactly as TGI's router builds it (our router's builder, which mirrors TGI's)."""
+    return warmup_request(max_input_tokens, max_prefill_tokens, max_total_tokens, max_batch_size)
 
 
 class Blocks:

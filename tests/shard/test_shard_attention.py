@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgi_async.shard.attention import STEP_KWARG, PagedStep, build_layout, paged_attention_forward
+from tgi_async.shard.attention import (
+    STEP_KWARG,
+    PagedStep,
+    SplitLayout,
+    build_layout,
+    paged_attention_forward,
+)
 from tgi_async.shard.kv_cache import KVCache, KVShape
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 8
@@ -89,5 +95,16 @@ def test_the_cheaper_layout_is_chosen():
     table = torch.arange(4 * 64).view(4, 64)
     decodes = build_layout(table, [50, 50, 50, 50], [1, 1, 1, 1], torch.tensor([50, 50, 50, 50]))
     assert decodes.key_groups is None and decodes.key_slots.shape == (4, 51)
-    long_prefill = build_layout(table[:2], [0, 3], [60, 1], torch.cat([torch.arange(60), torch.tensor([3])]))
-    assert long_prefill.key_groups is not None and long_prefill.key_slots.shape == (1, 64)
+    prefills = build_layout(table[:2], [0, 3], [60, 2], torch.cat([torch.arange(60), torch.arange(3, 5)]))
+    assert prefills.key_groups is not None and prefills.key_slots.shape == (1, 65)
+
+
+def test_a_step_with_decodes_and_a_prompt_chunk_is_split():
+    table = torch.arange(4 * 64).view(4, 64)
+    positions = torch.cat([torch.tensor([50]), torch.arange(60), torch.tensor([40])])
+    layout = build_layout(table[:3], [50, 0, 40], [1, 60, 1], positions)
+    assert isinstance(layout, SplitLayout)
+    (decode_tokens, decodes), (prefill_tokens, prefill) = layout.parts
+    assert decode_tokens.tolist() == [0, 61] and decodes.key_slots.shape == (2, 51)
+    assert prefill_tokens.tolist() == list(range(1, 61)) and prefill.key_slots.shape[-1] == 60
+    assert layout.write_slots.tolist() == [50, *range(64, 124), 168]

@@ -1,10 +1,12 @@
 """Tracing's cost end to end: a router and bundled shard serve the same load with tracing off and on
-(--otlp-endpoint pointed at an in-process OTLP/gRPC receiver), alternately, several times.
+(--otlp-endpoint pointed at an in-process OTLP/gRPC receiver, default batch export settings), alternately,
+several times.
 
     .venv/bin/python -m tests.telemetry.bench_e2e_overhead [--streams 8] [--tokens 256] [--rounds 3]
 
-Reports per configuration (median over rounds): wall time per decode step (the run's wall time divided by
-the router's decode calls), and the mean time between two tokens of a stream.
+Reports per configuration (median over rounds), per decode step (the router's decode calls): wall time, the
+router's and the shard's CPU time (from /proc: contention-proof, unlike wall time on a busy machine), and
+the mean time between two tokens of a stream.
 """
 
 from __future__ import annotations
@@ -47,16 +49,27 @@ async def _load(url: str, streams: int, tokens: int) -> tuple[float, list[float]
 
 
 def _decode_calls(stack: TracedStack) -> float:
-    return float(_DECODES.search(httpx.get(stack.url + "/metrics").text).group(1))
+    match = _DECODES.search(httpx.get(stack.url + "/metrics").text)
+    assert match is not None, "tgi_batch_inference_count{method=decode} missing from /metrics"
+    return float(match.group(1))
 
 
-def run(stack: TracedStack, streams: int, tokens: int) -> tuple[float, float]:
-    """(ms per decode step, mean ms between two tokens of a stream)"""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(stack: TracedStack, streams: int, tokens: int) -> tuple[float, float, float, float]:
+    """ms per decode step: wall time, router CPU, shard CPU; and mean ms between two tokens of a stream."""
     asyncio.run(_load(stack.url, streams, 8))  # warm up
     before = _decode_calls(stack)
+    router_cpu, shard_cpu = _cpu_s(stack.router.popen.pid), _cpu_s(stack.shard.popen.pid)
     wall, gaps = asyncio.run(_load(stack.url, streams, tokens))
+    router_cpu = _cpu_s(stack.router.popen.pid) - router_cpu
+    shard_cpu = _cpu_s(stack.shard.popen.pid) - shard_cpu
     steps = _decode_calls(stack) - before
-    return wall / steps * 1e3, statistics.mean(gaps) * 1e3
+    return wall / steps * 1e3, router_cpu / steps * 1e3, shard_cpu / steps * 1e3, statistics.mean(gaps) * 1e3
 
 
 def main() -> None:
@@ -66,25 +79,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scheduler", default="async")
     args = parser.parse_args()
-    receiver = OtlpReceiver().start()
+    receiver = OtlpReceiver(keep=False).start()
     model = cached_tiny_model(os.environ.get("TGI_ASYNC_CACHE", Path(__file__).parents[2] / ".cache"))
-    results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    results: dict[str, list[tuple[float, ...]]] = {"off": [], "on": []}
     for _ in range(args.rounds):
         for mode in ("off", "on"):
             endpoint = receiver if mode == "on" else None
-            stack = start_traced_stack(model, endpoint, "--scheduler", args.scheduler, with_file=False)
+            stack = start_traced_stack(
+                model, endpoint, "--scheduler", args.scheduler, with_file=False, env={}
+            )
             try:
                 results[mode].append(run(stack, args.streams, args.tokens))
             finally:
                 stop_stack(stack)
+    assert receiver.exports > 0, "no spans reached the receiver"
     receiver.stop()
     print(
-        f"{args.streams} streams x {args.tokens} tokens, --scheduler {args.scheduler}, {args.rounds} rounds"
+        f"{args.streams} streams x {args.tokens} tokens, --scheduler {args.scheduler}, {args.rounds} rounds:"
     )
+    print("tracing  wall ms/step  router CPU ms/step  shard CPU ms/step  ms between tokens")
     for mode, rows in results.items():
-        step = statistics.median(r[0] for r in rows)
-        gap = statistics.median(r[1] for r in rows)
-        print(f"tracing {mode:3s}: {step:6.3f} ms per decode step, {gap:6.3f} ms between tokens  {rows}")
+        wall, router, shard, gap = (statistics.median(r[i] for r in rows) for i in range(4))
+        print(f"{mode:7s}  {wall:12.3f}  {router:18.3f}  {shard:17.3f}  {gap:17.3f}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,11 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 
 
 def start_traced_stack(
-    model_dir: Path, receiver: OtlpReceiver | None, *router_flags: str, with_file: bool = True
+    model_dir: Path,
+    receiver: OtlpReceiver | None,
+    *router_flags: str,
+    with_file: bool = True,
+    env: dict[str, str] = FAST_EXPORT,
 ) -> TracedStack:
     """Shard and router with --otlp-endpoint (the receiver) and --otlp-file (one shared file); with no
     receiver, neither (tracing off)."""
@@ -55,7 +59,7 @@ def start_traced_stack(
         tracing = ("--otlp-endpoint", receiver.endpoint)
         tracing += ("--otlp-file", str(trace_file)) if with_file else ()
     shard, socket_path = start_bundled_shard(
-        model_dir, *tracing, "--otlp-service-name", SHARD_SERVICE, env=FAST_EXPORT
+        model_dir, *tracing, "--otlp-service-name", SHARD_SERVICE, env=env
     )
     port = free_port()
     flags = {
@@ -70,7 +74,7 @@ def start_traced_stack(
         "router",
         tgi_async_command("router", *argv, *tracing, *router_flags),
         log_path=directory / "router.log",
-        env=FAST_EXPORT,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     try:

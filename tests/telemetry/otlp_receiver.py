@@ -14,13 +14,14 @@ from tgi_async.telemetry.otlp_json import SpanRecord, request_to_dict, spans_of
 
 
 class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
         self.spans: list[SpanRecord] = []
         self.requests = 0
         self.lock = threading.Lock()
 
     def Export(self, request, context):
-        spans = list(spans_of(request_to_dict(request)))
+        spans = list(spans_of(request_to_dict(request))) if self.keep else []
         with self.lock:
             self.spans.extend(spans)
             self.requests += 1
@@ -28,10 +29,11 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class OtlpReceiver:
-    """Collects every span exported to `endpoint` (http://127.0.0.1:PORT)."""
+    """Collects every span exported to `endpoint` (http://127.0.0.1:PORT); `keep=False` only counts
+    export calls (a cheap sink for benchmarks)."""
 
-    def __init__(self) -> None:
-        self._collector = _Collector()
+    def __init__(self, keep: bool = True) -> None:
+        self._collector = _Collector(keep)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self._collector, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
@@ -43,6 +45,10 @@ class OtlpReceiver:
 
     def stop(self) -> None:
         self._server.stop(grace=None)
+
+    @property
+    def exports(self) -> int:
+        return self._collector.requests
 
     @property
     def spans(self) -> list[SpanRecord]:

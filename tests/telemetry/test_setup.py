@@ -84,3 +84,17 @@ class _State:
         self.waiting: tuple = ()
         self.running: dict = {}
         self.allocator = None
+
+
+def test_a_failing_hook_is_logged_once_and_never_raises(caplog):
+    calls = []
+
+    @setup.guarded("fallback")
+    def hook(x: int) -> str:
+        calls.append(x)
+        raise RuntimeError("bug in a hook")
+
+    with caplog.at_level(logging.ERROR):
+        assert hook(1) == "fallback" and hook(2) == "fallback"
+    assert calls == [1, 2]
+    assert caplog.text.count("tracing hook") == 1

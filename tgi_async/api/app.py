@@ -98,6 +98,9 @@ def create_app(
         openapi_url=OPENAPI_URL,
         docs_url=DOCS_URL,
         redoc_url=None,
+        # NOTE: our own spans (tgi_async.telemetry) cover the routes; FastAPI's built-in telemetry would
+        # duplicate them whenever an OpenTelemetry provider exists.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.config = config
     app.state.tokenizer = tokenizer

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tgi_async.scheduler.config import DEFAULT_PREFILL_STEP_TOKENS
+
 
 class LaunchError(Exception):
     """The launch cannot proceed; the message says why (printed without a stack trace)."""
@@ -97,6 +99,9 @@ class LaunchConfig:
     json_output: bool = flag(False, "switch", "JSON lines logs")
     otlp_endpoint: str | None = flag(None, "str", "OpenTelemetry collector (gRPC)")
     otlp_service_name: str = flag("text-generation-inference.router", "str", "OpenTelemetry service name")
+    otlp_file: str | None = flag(
+        None, "str", "also write spans as OTLP JSON lines to this file (router and bundled shard)"
+    )
     cors_allow_origin: tuple[str, ...] = flag((), "append", "allowed CORS origin (repeatable)")
     api_key: str | None = flag(None, "str", "bearer token required on generation routes")
     watermark_gamma: float | None = flag(None, "float", "watermark gamma (shard env)")
@@ -120,6 +125,11 @@ class LaunchConfig:
         "async: decoupled prefill/decode loops; sync: TGI's batching loop",
         SCHEDULERS,
         env="TGI_ASYNC_SCHEDULER",
+    )
+    prefill_step_tokens: int = flag(
+        DEFAULT_PREFILL_STEP_TOKENS,
+        "int",
+        "async scheduler: prompt tokens computed per shard step while others decode (bounds their stall)",
     )
     shard: str = flag(
         "auto",

@@ -236,6 +236,8 @@ def bundled_shard_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
     args[level] = "DEBUG" if args[level] == "TRACE" else args[level]
     if not config.json_output:
         args.remove("--json-output")
+    if config.otlp_file is not None:  # ours: TGI's shard does not know the flag
+        args += ["--otlp-file", config.otlp_file]
     return ["shard", *args]
 
 
@@ -301,6 +303,8 @@ def router_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
     if config.otlp_endpoint is not None:
         args += ["--otlp-endpoint", config.otlp_endpoint]
     args += ["--otlp-service-name", config.otlp_service_name]
+    if config.otlp_file is not None:
+        args += ["--otlp-file", config.otlp_file]
     for origin in config.cors_allow_origin:
         args += ["--cors-allow-origin", origin]
     if config.api_key is not None:
@@ -313,7 +317,7 @@ def router_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
             "--ngrok-edge",
             str(config.ngrok_edge),
         ]
-    return [*args, "--scheduler", config.scheduler]
+    return [*args, "--scheduler", config.scheduler, "--prefill-step-tokens", str(config.prefill_step_tokens)]
 
 
 def router_env(facts: Facts, resolved: Resolved) -> dict[str, str]:

@@ -56,12 +56,22 @@ def tgi_async_command(*args: str) -> list[str]:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log_path: Path | None = None, env: dict[str, str] | None = None
+    name: str,
+    argv: Sequence[str],
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> ChildProcess:
+    """Start a child writing to `log_path`; `cpus` pins it (and every thread it starts) to those CPUs."""
     full_env = {**os.environ, **(env or {})}
     log = open(log_path, "ab") if log_path is not None else None
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     popen = subprocess.Popen(
-        list(argv), stdout=log or None, stderr=subprocess.STDOUT if log else None, env=full_env
+        list(argv),
+        stdout=log or None,
+        stderr=subprocess.STDOUT if log else None,
+        env=full_env,
+        preexec_fn=pin,  # only sched_setaffinity: no locks taken between fork and exec
     )
     if log is not None:
         log.close()
@@ -167,18 +177,20 @@ def short_tmp_dir() -> str:
 
 
 def start_bundled_shard(
-    model_dir: str | Path, *extra: str, env: dict[str, str] | None = None
+    model_dir: str | Path, *extra: str, env: dict[str, str] | None = None, cpus: set[int] | None = None
 ) -> tuple[ChildProcess, str]:
     """Start `tgi-async shard serve` on a fresh socket; returns the process and its rank-0 socket path."""
     directory = short_tmp_dir()
     uds = os.path.join(directory, "shard")
     argv = tgi_async_command("shard", "serve", str(model_dir), "--uds-path", uds, *extra)
-    child = spawn("shard", argv, log_path=Path(directory) / "shard.log", env=env)
+    child = spawn("shard", argv, log_path=Path(directory) / "shard.log", env=env, cpus=cpus)
     wait_for_path(child, f"{uds}-0")
     return child, f"{uds}-0"
 
 
-def start_router(model_dir: str | Path, shard_socket: str, *args: str) -> tuple[ChildProcess, str]:
+def start_router(
+    model_dir: str | Path, shard_socket: str, *args: str, cpus: set[int] | None = None
+) -> tuple[ChildProcess, str]:
     """Start `tgi-async router` on a free port against a running shard; returns it and its base URL."""
     port = free_port()
     argv = tgi_async_command(
@@ -195,6 +207,6 @@ def start_router(model_dir: str | Path, shard_socket: str, *args: str) -> tuple[
         str(free_port()),
         *args,
     )
-    child = spawn("router", argv, log_path=Path(short_tmp_dir()) / "router.log")
+    child = spawn("router", argv, log_path=Path(short_tmp_dir()) / "router.log", cpus=cpus)
     wait_for_http(child, f"http://127.0.0.1:{port}/health")
     return child, f"http://127.0.0.1:{port}"

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from tgi_async.scheduler.config import DEFAULT_PREFILL_STEP_TOKENS
+
 
 def _env_default(name: str, default: Any, cast=str) -> Any:
     """TGI's router reads every flag from an env var of the same name (clap `env`)."""
@@ -76,7 +78,7 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
     _flag(
         parser,
         "prefill-step-tokens",
-        512,
+        DEFAULT_PREFILL_STEP_TOKENS,
         int,
         help="async scheduler: prompt tokens computed per shard step while other requests decode "
         "(bounds how long a new prompt stalls the streams; env PREFILL_STEP_TOKENS)",

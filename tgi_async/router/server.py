@@ -11,6 +11,7 @@ import signal
 import uvicorn
 
 from tgi_async.logs import setup_logging
+from tgi_async.memory import freeze_startup_objects
 from tgi_async.router.cli import NOT_APPLICABLE
 from tgi_async.router.startup import StartupError, connect, resolve_limits, warm_up
 from tgi_async.scheduler.config import SchedulerConfig
@@ -140,6 +141,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 )
             )
         )
+    freeze_startup_objects()
     scheduler.start()
     logger.info(
         "Connected",

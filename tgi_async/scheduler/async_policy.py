@@ -1,13 +1,14 @@
-"""`--scheduler async`: a prefill loop and a decode loop sharing the shard, with pipelined Decode calls.
+"""`--scheduler async`: a prefill loop and a decode loop sharing the shard, with pipelined shard calls.
 
-- The prefill loop admits queued requests within a per-step token budget (`prefill_step_tokens`), prefills
-  them as their own batch (continuing chunked prompts step by step), then hands the batch to the decode loop.
-- The decode loop keeps up to DEPTH Decode calls queued at the shard, so the shard never waits on the router:
-  the next call is queued before the previous step's tokens go to clients. Prefilled batches join it with
-  Decode([running, prefilled]) at the next step boundary.
+- The prefill loop admits queued requests within a per-step prompt budget (`prefill_step_tokens`).
+  On chunking shards it hands the admitted batch to the decode loop, which sends it as the next step
+  (Prefill(new, cached_batch=running)): the prompt's first chunk rides along with the running requests'
+  decode, and its later chunks ride along the following Decode steps (the shard bounds them by the same
+  budget, learnt at warmup). On padded shards (no chunking) it prefills small batches itself and hands
+  the prefilled batch over, to join with Decode([running, prefilled]).
+- The decode loop keeps up to DEPTH calls queued at the shard, so the shard never waits on the router:
+  the next call is queued before the previous step's tokens go to clients.
 - Its decisions (decode, wait, drain, filter) come from `decode_plan.plan_decode`, a pure function.
-The shard serves calls one at a time in arrival order, so at most one prefill chunk runs between two decode
-steps: that bounds how long a new prompt stalls the streams.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 
 from tgi_async import metrics
 from tgi_async.client.shard_client import ShardError
-from tgi_async.client.types import CachedBatch, StepResult
+from tgi_async.client.types import CachedBatch, NewBatch, StepResult
 from tgi_async.scheduler.admission import Budget
 from tgi_async.scheduler.core import SchedulerCore
 from tgi_async.scheduler.decode_plan import RequestView, plan_decode
@@ -38,12 +39,29 @@ class _InFlight:
     task: asyncio.Task[StepResult]
     batches: list[CachedBatch]  # what was sent: the decode batch first, then batches merged into it
     entries: list[Entry]
+    new_batch: NewBatch | None = None  # a Prefill's new requests (their entries are in `entries` too)
+
+    @property
+    def batch_id(self) -> int:
+        """The id the shard's resulting batch has: the first cached batch's, else the new batch's."""
+        return self.batches[0].id if self.batches else self.new_batch.id
+
+    @property
+    def new_ids(self) -> set[int]:
+        return {r.id for r in self.new_batch.requests} if self.new_batch else set()
+
+    def batch_ids(self) -> list[int]:
+        return [b.id for b in self.batches] + ([self.new_batch.id] if self.new_batch else [])
+
+    def request_ids(self) -> list[int]:
+        return [i for b in self.batches for i in b.request_ids] + sorted(self.new_ids)
 
 
 class AsyncScheduler(SchedulerCore):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.ready: deque[CachedBatch] = deque()  # prefilled batches waiting to join the decode batch
+        self.ready: deque[CachedBatch] = deque()  # padded shards: prefilled batches waiting to join
+        self.prefills: deque[tuple[NewBatch, list[Entry]]] = deque()  # chunking shards: admitted, unsent
         self.decode_wakeup = asyncio.Event()
         self.decode_batch: CachedBatch | None = None  # the decode batch as of the last call sent
         self.vanished: set[int] = set()  # batch ids the shard dropped while calls naming them were queued
@@ -53,6 +71,11 @@ class AsyncScheduler(SchedulerCore):
 
     async def _reset(self, error: InferError) -> None:
         self.ready.clear()
+        for _, entries in self.prefills:
+            for entry in entries:
+                entry.fail(error)
+                self.state.release(entry.id)
+        self.prefills.clear()
         self.decode_batch = None
         await super()._reset(error)
 
@@ -63,6 +86,9 @@ class AsyncScheduler(SchedulerCore):
             self.decode_batch.max_tokens if self.decode_batch else 0
         )
         step_tokens = config.prefill_step_tokens
+        if self.info.support_chunking and self.decode_batch is not None:
+            # The chunk shares its step with the running decodes (TGI's accounting); never starve prompts.
+            step_tokens = max(step_tokens - self.decode_batch.size, step_tokens // 4)
         if not self.info.support_chunking and state.waiting:
             # A prompt cannot be cut: let the first one in whole, at worst one over-budget prompt per step.
             step_tokens = max(step_tokens, state.waiting[0].request.input_length)
@@ -79,12 +105,19 @@ class AsyncScheduler(SchedulerCore):
         state, steps = self.state, self.steps
         while True:
             await self._wait_for_work()
+            if self.info.support_chunking and (self.prefills or self._prompt_in_progress()):
+                await self._wait_for_change()  # one prompt in flight at a time: its chunks bound the stall
+                continue
             admitted = state.admit(self._prefill_budget())
             if admitted is None:
                 # No room (blocks, tokens, batch size): wait until the decode loop frees some or news arrive.
                 await self._wait_for_change()
                 continue
             new_batch, entries, _ = admitted
+            if self.info.support_chunking:
+                self.prefills.append((new_batch, entries))
+                self.decode_wakeup.set()
+                continue
             cached = await steps.prefill(new_batch)
             # Chunked prompts continue one shard step at a time (each bounded by the warmup prefill budget).
             while cached is not None and any(e.live and e.tokens_received == 0 for e in entries):
@@ -92,6 +125,10 @@ class AsyncScheduler(SchedulerCore):
             if cached is not None:
                 self.ready.append(cached)
                 self.decode_wakeup.set()
+
+    def _prompt_in_progress(self) -> bool:
+        """A request in the decode batch still has prompt chunks to compute."""
+        return any(e.live and e.tokens_received == 0 for e in self.state.running.values())
 
     # -- decode ----------------------------------------------------------------------------------------------
     def _views(self) -> list[RequestView]:
@@ -116,9 +153,9 @@ class AsyncScheduler(SchedulerCore):
     async def _decode_loop(self) -> None:
         pending: deque[_InFlight] = deque()
         while True:
-            decision = plan_decode(
-                self._views(), len(pending), DEPTH, bool(self.ready), self._filter_threshold()
-            )
+            waiting_to_join = bool(self.ready or self.prefills)
+            threshold = self._filter_threshold()
+            decision = plan_decode(self._views(), len(pending), DEPTH, waiting_to_join, threshold)
             self.state.tracer.decode_decision(decision, len(pending))
             if decision.action == "decode":
                 pending.append(self._send_decode())
@@ -138,28 +175,36 @@ class AsyncScheduler(SchedulerCore):
             await self._receive(pending)
 
     def _send_decode(self) -> _InFlight:
+        """Queue the next step at the shard: a Prefill carrying the next admitted prompt chunk beside the
+        running decodes (chunking shards), else a Decode of the running batch and any prefilled ones."""
+        running = self.state.running
         batches = ([self.decode_batch] if self.decode_batch else []) + list(self.ready)
         self.ready.clear()
-        running = self.state.running
-        entries = [running[i] for b in batches for i in b.request_ids if i in running]
+        new_batch, new_entries = self.prefills.popleft() if self.prefills else (None, [])
+        entries = [running[i] for b in batches for i in b.request_ids if i in running] + new_entries
         for entry in entries:
             entry.tokens_in_flight += 1
-        first = batches[0]
         ids = tuple(i for b in batches for i in b.request_ids)
+        if new_batch is not None:
+            ids += tuple(r.id for r in new_batch.requests)
+            call = self.client.prefill(new_batch, batches[0] if batches else None)
+            method = "prefill"
+        else:
+            call, method = self.client.decode(batches), "decode"
         # NOTE: the shard concatenates into the first batch's id; the next call only needs that id.
         self.decode_batch = CachedBatch(
-            id=first.id,
+            id=batches[0].id if batches else new_batch.id,
             request_ids=ids,
             size=len(ids),
-            max_tokens=sum(b.max_tokens for b in batches),
+            max_tokens=sum(b.max_tokens for b in batches) + (new_batch.max_tokens if new_batch else 0),
             current_tokens=len(ids),
         )
         metrics.BATCH_CURRENT_SIZE.set(len(ids))
         metrics.BATCH_CURRENT_MAX_TOKENS.set(self.decode_batch.max_tokens)
-        if len(batches) > 1:
+        if len(batches) > 1 or (new_batch is not None and batches):
             metrics.BATCH_CONCAT.labels(reason="async_merge").inc()
-        task = asyncio.create_task(self.steps.call("decode", self.client.decode(batches)))
-        return _InFlight(task, batches, entries)
+        task = asyncio.create_task(self.steps.call(method, call))
+        return _InFlight(task, batches, entries, new_batch)
 
     async def _receive(self, pending: deque[_InFlight]) -> None:
         call = pending.popleft()
@@ -173,11 +218,13 @@ class AsyncScheduler(SchedulerCore):
         for entry in call.entries:
             entry.tokens_in_flight -= 1
         self.steps.deliver(result)
+        if self.state.waiting:
+            self.wakeup.set()  # the prompt in progress may be done: the prefill loop may admit the next
         if result.batch is None:
             # Every request finished at this step: the shard dropped the batch. Calls queued behind this one
             # will find it gone (expected); their requests are all ended already.
-            self.vanished.add(call.batches[0].id)
-            if self.decode_batch is not None and self.decode_batch.id == call.batches[0].id:
+            self.vanished.add(call.batch_id)
+            if self.decode_batch is not None and self.decode_batch.id == call.batch_id:
                 self.decode_batch = None
             for entry in call.entries:
                 if not any(entry in other.entries for other in pending):
@@ -185,18 +232,21 @@ class AsyncScheduler(SchedulerCore):
             self.wakeup.set()
 
     async def _call_failed(self, call: _InFlight, exc: ShardError, pending: deque[_InFlight]) -> None:
-        first_id = call.batches[0].id
         not_found = exc.code == grpc.StatusCode.NOT_FOUND or "not found" in exc.details.lower()
-        if not_found and first_id in self.vanished:
+        if not_found and call.batches and call.batches[0].id in self.vanished:
             # The batch vanished one step earlier (all its requests finished): expected with a pipeline.
+            # The shards check every batch before changing any, so what rode along is intact: send it again.
             metrics.VANISHED_BATCH_CALLS.inc()
             merged = call.batches[1:]
-            self.ready.extendleft(reversed(merged))  # merged batches were never touched: try them again
+            self.ready.extendleft(reversed(merged))
+            retried = {i for b in merged for i in b.request_ids} | call.new_ids
+            if call.new_batch is not None:
+                self.prefills.appendleft((call.new_batch, [e for e in call.entries if e.id in call.new_ids]))
             for entry in call.entries:
-                if entry.id not in {i for b in merged for i in b.request_ids}:
+                if entry.id not in retried:
                     self.state.release(entry.id)
             return
-        logger.error("decode failed: %s", exc, extra={"batch_id": first_id})
+        logger.error("step failed: %s", exc, extra={"batch_id": call.batch_id})
         # Everything queued behind it fails too; wait for those calls so no KV write races the cleanup.
         while pending:
             other = pending.popleft()
@@ -206,10 +256,8 @@ class AsyncScheduler(SchedulerCore):
                 pass
             for entry in other.entries:
                 entry.tokens_in_flight -= 1
-        ids = [i for b in call.batches for i in b.request_ids]
-        await self.steps.fail(
-            [b.id for b in call.batches], ids, InferError(exc.details or str(exc), "generation")
-        )
+        error = InferError(exc.details or str(exc), "generation")
+        await self.steps.fail(call.batch_ids(), call.request_ids(), error)
         self.decode_batch = None
         self.wakeup.set()
 

@@ -7,6 +7,10 @@ from typing import Literal
 
 Policy = Literal["async", "sync"]
 
+# Prompt tokens per shard step in the async policy: on the tiny CPU model a step this size costs about a third
+# of what a whole 2,000-token prompt does (docs/benchmarks.md), at ~1 extra step per 768 prompt tokens.
+DEFAULT_PREFILL_STEP_TOKENS = 768
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
@@ -17,4 +21,4 @@ class SchedulerConfig:
     max_waiting_tokens: int = 20  # padded shards: decode steps before a small prefill may interrupt
     max_batch_size: int | None = None
     # async only: prompt tokens computed per shard step while others decode (bounds their stall)
-    prefill_step_tokens: int = 512
+    prefill_step_tokens: int = DEFAULT_PREFILL_STEP_TOKENS

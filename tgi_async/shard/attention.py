@@ -57,11 +57,23 @@ class AttentionLayout:
 
 
 @dataclass(frozen=True, slots=True)
+class SplitLayout:
+    """Decodes and prefill chunks of one step attended separately (one forward, two SDPA calls per layer).
+
+    NOTE: a long prompt chunk beside many decodes makes either single layout huge (packed: every query
+    against every context; padded: every decode padded to the chunk's length); split, each part is cheap.
+    """
+
+    write_slots: torch.Tensor  # [T] slot of each packed token's new key/value
+    parts: tuple[tuple[torch.Tensor, AttentionLayout], ...]  # (packed token indices, their layout)
+
+
+@dataclass(frozen=True, slots=True)
 class PagedStep:
     """What the attention function needs for one forward: the cache and the step's layout."""
 
     cache: KVCache
-    layout: AttentionLayout
+    layout: AttentionLayout | SplitLayout
 
 
 def build_layout(
@@ -70,12 +82,46 @@ def build_layout(
     chunk_lens: list[int],
     positions: torch.Tensor,
     packed: bool | None = None,
-) -> AttentionLayout:
+) -> AttentionLayout | SplitLayout:
     """Layout for sequences computing `chunk_lens[i]` new tokens after `cache_lens[i]` cached ones.
 
     `slot_table[i]` lists sequence i's slots (padded with a valid slot); `positions` `[T]` are the packed
-    tokens' positions, sequences one after another. `packed`: force a layout (None: the cheaper one).
+    tokens' positions, sequences one after another. `packed`: force a layout (None: the cheapest, which
+    splits decodes from prompt chunks when a step has both).
     """
+    decodes = [i for i, n in enumerate(chunk_lens) if n == 1]
+    if packed is not None or not decodes or len(decodes) == len(chunk_lens):
+        return _single_layout(slot_table, cache_lens, chunk_lens, positions, packed)
+    starts = [0]
+    for n in chunk_lens:
+        starts.append(starts[-1] + n)
+    prefills = [i for i, n in enumerate(chunk_lens) if n > 1]
+    parts = []
+    for group in (decodes, prefills):
+        tokens = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in group]).to(positions.device)
+        index = torch.tensor(group, device=slot_table.device)
+        layout = _single_layout(
+            slot_table[index],
+            [cache_lens[i] for i in group],
+            [chunk_lens[i] for i in group],
+            positions[tokens],
+            None,
+        )
+        parts.append((tokens, layout))
+    write_slots = torch.cat([layout.write_slots for _, layout in parts])
+    order = torch.cat([tokens for tokens, _ in parts])
+    ordered = torch.empty_like(write_slots)
+    ordered[order] = write_slots
+    return SplitLayout(write_slots=ordered, parts=tuple(parts))
+
+
+def _single_layout(
+    slot_table: torch.Tensor,
+    cache_lens: list[int],
+    chunk_lens: list[int],
+    positions: torch.Tensor,
+    packed: bool | None,
+) -> AttentionLayout:
     device = slot_table.device
     batch = len(chunk_lens)
     total_queries = sum(chunk_lens)
@@ -146,7 +192,24 @@ def paged_attention_forward(
         raise NotImplementedError("attention logit softcapping is not supported by the bundled shard")
     layout, layer = step.layout, module.layer_idx
     step.cache.write(layer, layout.write_slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
-    keys, values = step.cache.gather(layer, layout.key_slots)
+    if isinstance(layout, AttentionLayout):
+        return _attend(step.cache, layer, layout, query, scaling, sliding_window), None
+    output = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
+    for tokens, part in layout.parts:
+        output[0, tokens] = _attend(step.cache, layer, part, query[:, :, tokens], scaling, sliding_window)[0]
+    return output, None
+
+
+def _attend(
+    cache: KVCache,
+    layer: int,
+    layout: AttentionLayout,
+    query: torch.Tensor,
+    scaling: float | None,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """SDPA of `query` `[1, H, T, D]` against the cached context `layout` describes -> `[1, T, H, D]`."""
+    keys, values = cache.gather(layer, layout.key_slots)
     keys, values = keys.transpose(1, 2), values.transpose(1, 2)
     heads, head_dim = query.shape[1], query.shape[3]
     if layout.query_index is not None:
@@ -169,7 +232,7 @@ def paged_attention_forward(
         if layout.output_index is not None:
             output = output[layout.output_index]
         output = output[None]
-    return output, None
+    return output
 
 
 def register() -> str:

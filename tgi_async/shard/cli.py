@@ -124,6 +124,7 @@ def load_engine(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from tgi_async.logs import setup_logging
+    from tgi_async.memory import freeze_startup_objects
 
     setup_logging(json_output=args.json_output, level=args.logger_level)
     try:
@@ -138,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     # NOTE: the single tracing hook: a server span per RPC, child of the router's traceparent metadata.
     setup_from_args(args, "text-generation-inference.server")
     interceptors = list(grpc_tracing.server_interceptors())
+    freeze_startup_objects()
     asyncio.run(serve(engine, args.uds_path, rank, world_size, interceptors))
     return 0
 

@@ -117,6 +117,7 @@ async def _serve_traced(inner, request, context, method, service, name, parent, 
         span.end()
 
 
+@setup.guarded()
 def _model_spans(server_span, response, start: int, end: int, total_ns: int) -> None:
     """`concatenate` and `generate_token` under `server_span`, placed from the response's timings."""
     from opentelemetry import trace

@@ -22,7 +22,15 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, Statu
 
 from tgi_async.telemetry import attributes as a
 from tgi_async.telemetry import setup
-from tgi_async.telemetry.scheduler import CURRENT_STEP, FilterHandle, SchedulerTracer, StepHandle
+from tgi_async.telemetry.scheduler import (
+    CURRENT_STEP,
+    NOOP_FILTER,
+    NOOP_STEP,
+    FilterHandle,
+    SchedulerTracer,
+    StepHandle,
+)
+from tgi_async.telemetry.setup import guarded
 from tgi_async.telemetry.step_spans import ROOT, StepTrace
 
 if TYPE_CHECKING:
@@ -50,21 +58,16 @@ class RequestTrace:
     outcome: str | None = None  # set when the infer span ended
 
 
-@dataclass(slots=True)
-class _Lineage:
-    """What the tracer remembers of a batch living in the shards, by the id the shard keeps."""
-
-    last_step: SpanContext
-
-
 class ActiveSchedulerTracer(SchedulerTracer):
     def __init__(self, state: SchedulerState) -> None:
         self.state = state
         self.tracer = setup.tracer()
         self.requests: dict[int, RequestTrace] = {}
-        self.pending: dict[int, tuple[Span, SpanContext]] = {}  # batch id -> (batch span, admit span) opened
-        self.lineages: dict[int, _Lineage] = {}  # batch id -> its last step (parent of its filter spans)
+        self.pending: dict[int, Span] = {}  # batch id -> its `batch` span, opened at admission
+        self.lineages: dict[int, SpanContext] = {}  # batch id -> its last step (parent of its filter spans)
         self.members: dict[int, tuple[int, ...]] = {}  # batch id -> request ids at its last step sent
+        self.chunked: set[int] = set()  # requests whose prompt is still being computed in chunks
+        self.next_tokens: dict[int, int] = {}  # batch id -> tokens of its next forward (the shard's answer)
         self.in_flight = 0
         self.seq = 0
         self.drain_start: int | None = None
@@ -72,6 +75,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
         self.filter_reason: str | None = None
 
     # -- requests ----------------------------------------------------------------------------------------
+    @guarded()
     def queued(self, entry: Entry) -> None:
         parent = otel_context.get_current()
         request = entry.request
@@ -87,7 +91,9 @@ class ActiveSchedulerTracer(SchedulerTracer):
         )
         self.requests[entry.id] = RequestTrace(parent, request.input_length, span)
 
+    @guarded()
     def released(self, request_id: int) -> None:
+        self.chunked.discard(request_id)
         trace_ = self.requests.pop(request_id, None)
         if trace_ is None:
             return
@@ -110,6 +116,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
         trace_.infer.end(end_time=end)
 
     # -- admission ---------------------------------------------------------------------------------------
+    @guarded()
     def admission(self, plan: AdmissionPlan, budget: Budget, batch_id: int) -> None:
         now = time.time_ns()
         for request_id in plan.dropped:
@@ -197,6 +204,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
             admit.add_link(trace_.infer.get_span_context())
             if admission.chunk_len is not None:
                 trace_.prompt_left = trace_.input_length - admission.chunk_len
+                self.chunked.add(admission.id)
                 chunk = {
                     a.CHUNK_REQUEST_ID: admission.id,
                     a.CHUNK_TOKENS: admission.chunk_len,
@@ -207,10 +215,11 @@ class ActiveSchedulerTracer(SchedulerTracer):
         admit.end(end_time=time.time_ns())
         if len(self.pending) >= MAX_PENDING_BATCHES:  # a batch admitted and never prefilled: a bug elsewhere
             stale_id = next(iter(self.pending))
-            self.pending.pop(stale_id)[0].end()
-        self.pending[batch_id] = (batch, admit.get_span_context())
+            self.pending.pop(stale_id).end()
+        self.pending[batch_id] = batch
 
     # -- steps -------------------------------------------------------------------------------------------
+    @guarded(NOOP_STEP)
     def step(self, method: str) -> StepHandle:
         self.in_flight += 1
         self.seq += 1
@@ -224,9 +233,10 @@ class ActiveSchedulerTracer(SchedulerTracer):
         for batch_id in step.batch_ids:
             self.lineages.pop(batch_id, None)
         if step.batch_span is not None and result is not None and result.batch is not None:
-            self.lineages[result.batch.id] = _Lineage(step.batch_span.get_span_context())
+            self.lineages[result.batch.id] = step.batch_span.get_span_context()
 
     # -- filtering ---------------------------------------------------------------------------------------
+    @guarded()
     def decode_decision(self, decision: DecodeDecision, in_flight: int) -> None:
         if decision.action == "drain" and decision.reason is not None:
             if self.drain_start is None:
@@ -238,6 +248,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
         else:
             self.drain_start, self.drain_calls, self.filter_reason = None, 0, None
 
+    @guarded(NOOP_FILTER)
     def filtering(
         self,
         batch: CachedBatch,
@@ -265,8 +276,8 @@ class ActiveSchedulerTracer(SchedulerTracer):
             if trace_ is not None and trace_.infer is not None:
                 links.append(Link(trace_.infer.get_span_context()))
         now = time.time_ns()
-        lineage = self.lineages.get(batch.id)
-        parent = ROOT if lineage is None else trace.set_span_in_context(NonRecordingSpan(lineage.last_step))
+        last_step = self.lineages.get(batch.id)
+        parent = ROOT if last_step is None else trace.set_span_in_context(NonRecordingSpan(last_step))
         span = self.tracer.start_span(
             a.SPAN_FILTER,
             context=parent,
@@ -280,10 +291,11 @@ class ActiveSchedulerTracer(SchedulerTracer):
                 a.FILTER_DISCONNECTED_IDS: tuple(groups["disconnected"]),
                 a.FILTER_LENGTH_LIMIT_IDS: tuple(groups["length_limit"]),
                 a.FILTER_FAILED_IDS: tuple(groups["failed"]),
-                a.FILTER_REASON: self.filter_reason or "finished",
                 a.FILTER_DRAINED_CALLS: self.drain_calls,
             },
         )
+        if self.filter_reason is not None:
+            span.set_attribute(a.FILTER_REASON, self.filter_reason)
         if self.drain_start is not None:
             span.add_event(
                 a.EVENT_DRAIN,
@@ -304,6 +316,7 @@ class FilterTrace(FilterHandle):
         self.kept = kept
         self.token = otel_context.attach(trace.set_span_in_context(span))
 
+    @guarded()
     def done(self, new_batch: CachedBatch | None) -> None:
         if self.token is None:
             return
@@ -313,4 +326,7 @@ class FilterTrace(FilterHandle):
         if new_batch is None:
             self.owner.lineages.pop(self.batch_id, None)
             self.owner.members.pop(self.batch_id, None)
+            self.owner.next_tokens.pop(self.batch_id, None)
+        else:
+            self.owner.next_tokens[new_batch.id] = new_batch.current_tokens
         self.span.end()

@@ -7,16 +7,19 @@ interceptors and middleware are not installed, so tracing costs nothing measurab
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
 logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 ENABLED = False  # read by every hot-path hook; set once by setup_tracing
 INSTRUMENTATION_NAME = "tgi_async"
@@ -100,3 +103,25 @@ def setup_from_args(args: Any, default_service_name: str) -> bool:
         getattr(args, "otlp_endpoint", None),
         getattr(args, "otlp_file", None),
     )
+
+
+def guarded(default: Any = None) -> Callable[[F], F]:
+    """A hook that raises must not fail requests: log it (once per hook) and return `default`."""
+
+    def decorate(hook: F) -> F:
+        logged = False
+
+        @functools.wraps(hook)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal logged
+            try:
+                return hook(*args, **kwargs)
+            except Exception:
+                if not logged:
+                    logged = True
+                    logger.exception("tracing hook %s failed; spans may be incomplete", hook.__qualname__)
+                return default
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -21,6 +21,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tgi_async.telemetry import attributes as a
 from tgi_async.telemetry.scheduler import CURRENT_STEP, StepHandle
+from tgi_async.telemetry.setup import guarded
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -37,9 +38,12 @@ class StepTrace(StepHandle):
         "batch_id",
         "batch_ids",
         "batch_span",
+        "cached_ids",
+        "cached_tokens",
         "call_span",
         "current_token",
         "method",
+        "new_tokens",
         "otel_token",
         "owner",
         "request_ids",
@@ -59,8 +63,12 @@ class StepTrace(StepHandle):
         self.batch_id = -1  # the id the shard keeps after this step
         self.batch_ids: tuple[int, ...] = ()
         self.request_ids: tuple[int, ...] = ()
+        self.cached_ids: tuple[int, ...] = ()  # requests already in the shard's batches
+        self.cached_tokens: tuple[tuple[int, int], ...] = ()  # (batch id, tokens of its forward) as sent
+        self.new_tokens = 0  # prompt tokens of the new batch
 
     # -- the call goes out -------------------------------------------------------------------------------
+    @guarded()
     def sent(self, new_batch: NewBatch | None, cached: Sequence[CachedBatch]) -> None:
         if self.batch_span is not None:
             return
@@ -71,7 +79,13 @@ class StepTrace(StepHandle):
         self.batch_ids = ((new_batch.id,) if new_batch is not None else ()) + tuple(b.id for b in cached)
         # the shard concatenates into the cached batch (Prefill) or the first batch (Decode)
         self.batch_id = cached[0].id if cached else (self.batch_ids[0] if self.batch_ids else -1)
-        prefill_tokens, decode_tokens, chunks = _tokens(new_batch, cached, requests)
+        self.cached_ids = self.request_ids[len(new_ids) :]
+        self.cached_tokens = tuple((b.id, b.current_tokens) for b in cached)
+        if new_batch is not None:
+            self.new_tokens = sum(
+                r.chunk_len if r.chunk_len is not None else r.request.input_length - r.cache_len
+                for r in new_batch.requests
+            )
         attributes: dict[str, Any] = {
             a.STEP_METHOD: self.method,
             a.STEP_SEQ: self.seq,
@@ -79,8 +93,6 @@ class StepTrace(StepHandle):
             a.BATCH_SIZE: len(self.request_ids),
             a.BATCH_MAX_TOKENS: sum(b.max_tokens for b in cached)
             + (new_batch.max_tokens if new_batch else 0),
-            a.STEP_PREFILL_TOKENS: prefill_tokens,
-            a.STEP_DECODE_TOKENS: decode_tokens,
             a.STEP_CALLS_IN_FLIGHT: owner.in_flight,
         }
         if len(self.batch_ids) > 1:
@@ -93,7 +105,7 @@ class StepTrace(StepHandle):
 
         pending = owner.pending.pop(new_batch.id, None) if new_batch is not None else None
         if pending is not None:  # a new batch: `batch` (opened at admission) -> `admit`, `prefill`
-            step = pending[0]
+            step = pending
             step.set_attributes(attributes)
             call = owner.tracer.start_span(self.method, context=trace.set_span_in_context(step), kind=CLIENT)
         else:  # NOTE: one span per step (TGI nests `decode` in `batch`): it halves the per-step cost
@@ -114,13 +126,10 @@ class StepTrace(StepHandle):
                     if trace_ is not None and trace_.infer is not None and trace_.outcome is None:
                         trace_.infer.add_link(step_context)
                         step.add_link(trace_.infer.get_span_context())
-        for trace_, chunk in chunks:
-            step.add_event(a.EVENT_CHUNK, chunk)
-            if trace_.infer is not None:
-                trace_.infer.add_event(a.EVENT_CHUNK, chunk)
         self.otel_token = otel_context.attach(trace.set_span_in_context(call))
 
     # -- the answer comes back ---------------------------------------------------------------------------
+    @guarded()
     def done(self, result: StepResult) -> None:
         if not self._close():
             return
@@ -130,6 +139,7 @@ class StepTrace(StepHandle):
             self.call_span.end(end_time=now)
         owner = self.owner
         requests = owner.requests
+        prefill_tokens, decode_tokens = self._count_tokens(result)
         link_context = self.batch_span.get_span_context()
         finished = []
         for generation in result.generations:
@@ -139,6 +149,7 @@ class StepTrace(StepHandle):
             if not trace_.got_token and generation.tokens:
                 trace_.got_token = True
                 trace_.prompt_left = 0
+                owner.chunked.discard(generation.request_id)
                 trace_.infer.add_event(a.EVENT_FIRST_TOKEN, timestamp=now)
             text = generation.generated_text
             if text is not None:
@@ -154,6 +165,8 @@ class StepTrace(StepHandle):
                 owner.end_infer(trace_, "finished", now)
         timings = result.timings
         attributes = {
+            a.STEP_PREFILL_TOKENS: prefill_tokens,
+            a.STEP_DECODE_TOKENS: decode_tokens,
             a.SHARD_FORWARD_NS: timings.forward_ns,
             a.SHARD_DECODE_NS: timings.decode_ns,
             a.SHARD_TOTAL_NS: timings.total_ns,
@@ -167,9 +180,56 @@ class StepTrace(StepHandle):
         self.batch_span.set_attributes(attributes)
         self.batch_span.end(end_time=now)
         owner.step_ended(self, result)
+        for batch_id in self.batch_ids:
+            owner.next_tokens.pop(batch_id, None)
         if result.batch is None:
             owner.members.pop(self.batch_id, None)
+        else:
+            owner.next_tokens[result.batch.id] = result.batch.current_tokens
 
+    def _count_tokens(self, result: StepResult) -> tuple[int, int]:
+        """(prompt tokens, decoding requests) of the step's forward; advances the chunked prompts it carried.
+
+        NOTE: the shard picks the size of a continuing chunk; it is the batch's pending tokens less its
+        decodes. A prompt that produced its first token had all its remaining tokens in this step.
+        """
+        requests = self.owner.requests
+        if not self.owner.chunked:  # the common case: no prompt in chunks, O(1)
+            return self.new_tokens, len(self.cached_ids)
+        decode_tokens, prefilling = 0, []
+        for request_id in self.cached_ids:
+            trace_ = requests.get(request_id)
+            if trace_ is not None and trace_.prompt_left > 0 and trace_.outcome is None:
+                prefilling.append((request_id, trace_))
+            else:
+                decode_tokens += 1
+        if not prefilling:
+            return self.new_tokens, decode_tokens
+        got_token = {g.request_id for g in result.generations if g.tokens}
+        # NOTE: what the shard answered for these batches at their previous step (answers come in order, so
+        # it describes this forward even when this step was sent before that answer); else what was sent.
+        next_tokens = self.owner.next_tokens
+        pending = sum(next_tokens.get(batch_id, tokens) for batch_id, tokens in self.cached_tokens)
+        left = max(0, pending - decode_tokens)
+        prefill_tokens = self.new_tokens
+        for request_id, trace_ in prefilling:
+            done = request_id in got_token
+            tokens = trace_.prompt_left if done else max(0, min(left, trace_.prompt_left - 1))
+            left = max(0, left - tokens)
+            trace_.prompt_left -= tokens
+            prefill_tokens += tokens
+            chunk = {
+                a.CHUNK_REQUEST_ID: request_id,
+                a.CHUNK_TOKENS: tokens,
+                a.CHUNK_TOKENS_LEFT: trace_.prompt_left,
+            }
+            assert self.batch_span is not None
+            self.batch_span.add_event(a.EVENT_CHUNK, chunk, timestamp=self.start_ns)
+            if trace_.infer is not None:
+                trace_.infer.add_event(a.EVENT_CHUNK, chunk, timestamp=self.start_ns)
+        return prefill_tokens, decode_tokens
+
+    @guarded()
     def failed(self) -> None:
         if not self._close():
             return
@@ -202,36 +262,3 @@ class StepTrace(StepHandle):
             otel_context.detach(self.otel_token)  # type: ignore[arg-type]
             self.otel_token = None
         return True
-
-
-def _tokens(
-    new_batch: NewBatch | None, cached: Sequence[CachedBatch], requests: dict[int, Any]
-) -> tuple[int, int, list[tuple[Any, dict[str, int]]]]:
-    """(prompt tokens, decode tokens, chunk events) of a step; advances the chunked prompts it carries."""
-    prefill_tokens = 0
-    if new_batch is not None:
-        for r in new_batch.requests:
-            prefill_tokens += r.chunk_len if r.chunk_len is not None else r.request.input_length - r.cache_len
-    decode_tokens, prefilling = 0, []
-    for b in cached:
-        for request_id in b.request_ids:
-            trace_ = requests.get(request_id)
-            if trace_ is not None and trace_.prompt_left > 0:
-                prefilling.append((request_id, trace_))
-            else:
-                decode_tokens += 1
-    chunks = []
-    if prefilling:  # a chunked prompt continues: the shard computes the batch's pending prompt tokens
-        left = max(0, sum(b.current_tokens for b in cached) - decode_tokens)
-        for request_id, trace_ in prefilling:
-            tokens = min(trace_.prompt_left, left)
-            left -= tokens
-            trace_.prompt_left -= tokens
-            prefill_tokens += tokens
-            chunk = {
-                a.CHUNK_REQUEST_ID: request_id,
-                a.CHUNK_TOKENS: tokens,
-                a.CHUNK_TOKENS_LEFT: trace_.prompt_left,
-            }
-            chunks.append((trace_, chunk))
-    return prefill_tokens, decode_tokens, chunks

@@ -167,10 +167,16 @@ def render_png(timeline: Timeline, path: Path) -> None:
     ax.axhline(len(timeline.shard_lanes), color="#868e96", linewidth=0.8)
     ax.legend(
         handles=[Patch(color=COLORS[k], label=t) for k, t in LEGEND],
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.08),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
         ncol=5,
         fontsize=7,
+        frameon=False,
+    )
+    ax.set_title(
+        f"tgi-async timeline: {len(timeline.request_lanes)} requests, {len(timeline.stalls)} stalls",
+        fontsize=9,
+        pad=30,
     )
     fig.tight_layout()
     fig.savefig(path)
