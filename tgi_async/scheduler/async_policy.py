@@ -86,7 +86,11 @@ class AsyncScheduler(SchedulerCore):
             self.decode_batch.max_tokens if self.decode_batch else 0
         )
         step_tokens = config.prefill_step_tokens
-        if self.info.support_chunking and self.decode_batch is not None:
+        if self.info.support_chunking and (self.prefills or self._prompt_in_progress()):
+            # NOTE: a prompt still being chunked uses this step budget (the shard continues it within the
+            # same bound): the next prompt waits, so one chunk at most rides along each decode step.
+            step_tokens = 0
+        elif self.info.support_chunking and self.decode_batch is not None:
             # The chunk shares its step with the running decodes (TGI's accounting); never starve prompts.
             step_tokens = max(step_tokens - self.decode_batch.size, step_tokens // 4)
         if not self.info.support_chunking and state.waiting:
@@ -105,9 +109,6 @@ class AsyncScheduler(SchedulerCore):
         state, steps = self.state, self.steps
         while True:
             await self._wait_for_work()
-            if self.info.support_chunking and (self.prefills or self._prompt_in_progress()):
-                await self._wait_for_change()  # one prompt in flight at a time: its chunks bound the stall
-                continue
             admitted = state.admit(self._prefill_budget())
             if admitted is None:
                 # No room (blocks, tokens, batch size): wait until the decode loop frees some or news arrive.

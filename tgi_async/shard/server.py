@@ -126,18 +126,9 @@ class ShardService:
             concat_ns, merged = time.perf_counter_ns() - started, [cached.id]
         else:
             batch = new
-        batch.check_next_step()
         if not request.HasField("cached_batch") and new.id in self.batches:
             logger.warning("Prefill reuses batch id %d: the cached batch is replaced", new.id)
-        result, cached_batch = self._commit_and_step(merged, batch)
-        return pb.PrefillResponse(
-            generations=result.generations,
-            batch=cached_batch,
-            forward_ns=result.forward_ns,
-            decode_ns=result.decode_ns,
-            total_ns=time.perf_counter_ns() - start,
-            concat_ns=concat_ns,
-        )
+        return self._step_response(pb.PrefillResponse, start, merged, batch, concat_ns)
 
     def _decode(self, request: pb.DecodeRequest) -> pb.DecodeResponse:
         start = time.perf_counter_ns()
@@ -154,9 +145,13 @@ class ShardService:
             concat_ns = time.perf_counter_ns() - started
         else:
             batch = batches[0]
+        return self._step_response(pb.DecodeResponse, start, ids, batch, concat_ns)
+
+    def _step_response(self, response_cls, start: int, replaced: Sequence[int], batch: ShardBatch, concat_ns):
+        """Check, then run one step of `batch` in place of `replaced`; answer with generations and timings."""
         batch.check_next_step()
-        result, cached_batch = self._commit_and_step(ids, batch)
-        return pb.DecodeResponse(
+        result, cached_batch = self._commit_and_step(replaced, batch)
+        return response_cls(
             generations=result.generations,
             batch=cached_batch,
             forward_ns=result.forward_ns,

@@ -2,7 +2,7 @@
 step of a batch, with tracing off (the no-op tracer) and on (spans encoded to OTLP protobuf, as the gRPC
 exporter does, then dropped).
 
-    .venv/bin/python -m tests.telemetry.bench_overhead [--steps 2000] [--batch 1 8 32 128] [--pace-ms 2]
+    .venv/bin/python -m benchmarks.tracing_hooks [--steps 2000] [--batch 1 8 32 128] [--pace-ms 2]
 
 Prints, per batch size: event-loop time per step (what delays the next shard call) and process CPU time per
 step (including the export thread's encoding, which competes for the GIL). With tracing off, the CPU column

@@ -2,7 +2,7 @@
 (--otlp-endpoint pointed at an in-process OTLP/gRPC receiver, default batch export settings), alternately,
 several times.
 
-    .venv/bin/python -m tests.telemetry.bench_e2e_overhead [--streams 8] [--tokens 256] [--rounds 3]
+    .venv/bin/python -m benchmarks.tracing_e2e [--streams 8] [--tokens 256] [--rounds 3]
 
 Reports per configuration (median over rounds), per decode step (the router's decode calls): wall time, the
 router's and the shard's CPU time (from /proc: contention-proof, unlike wall time on a busy machine), and
