@@ -8,6 +8,8 @@ import json
 import httpx
 import pytest
 
+from tests.api.tgi_shapes import INFO_KEYS
+
 GENERATE_HEADERS = (
     "x-compute-type",
     "x-compute-time",
@@ -247,22 +249,7 @@ def test_unknown_route_and_method_have_empty_bodies(http):
 def test_info(http, tgi_url):
     r = http.get("/info")
     info = r.json()
-    assert list(info)[:14] == [
-        "model_id",
-        "model_sha",
-        "model_pipeline_tag",
-        "max_concurrent_requests",
-        "max_best_of",
-        "max_stop_sequences",
-        "max_input_tokens",
-        "max_total_tokens",
-        "validation_workers",
-        "max_client_batch_size",
-        "router",
-        "version",
-        "sha",
-        "docker_label",
-    ]
+    assert list(info)[:14] == INFO_KEYS
     assert info["router"] == "text-generation-router"
     assert (info["max_best_of"], info["max_stop_sequences"], info["max_client_batch_size"]) == (2, 4, 4)
     assert info["max_input_tokens"] < info["max_total_tokens"]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from tests.api.tgi_shapes import INFO_KEYS
 from tgi_async.api import protocol as p
 from tgi_async.api.body import (
     DATA_PREFIX,
@@ -210,22 +211,7 @@ def test_info_field_order_is_tgis():
         router="text-generation-router",
         version="3.3.6-dev0",
     )
-    assert list(json.loads(p.to_json(info))) == [
-        "model_id",
-        "model_sha",
-        "model_pipeline_tag",
-        "max_concurrent_requests",
-        "max_best_of",
-        "max_stop_sequences",
-        "max_input_tokens",
-        "max_total_tokens",
-        "validation_workers",
-        "max_client_batch_size",
-        "router",
-        "version",
-        "sha",
-        "docker_label",
-    ]
+    assert list(json.loads(p.to_json(info))) == INFO_KEYS
 
 
 @pytest.mark.parametrize(
