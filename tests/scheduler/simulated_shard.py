@@ -51,6 +51,7 @@ class SimulatedShard:
     ]  # prompt text -> EOS position (tests encode each request's fate in its prompt)
     block_size: int = 16
     chunking: bool = True
+    padded: bool = False  # TGI's CPU shard: padded batches, no KV blocks, no chunking
     total_tokens: int = 4096
     prefill_budget: int = 64
     batches: dict[int, list[SimRequest]] = field(default_factory=dict)
@@ -60,14 +61,16 @@ class SimulatedShard:
 
     # -- ShardedClient API -----------------------------------------------------------------------------------
     async def info(self) -> ShardInfo:
-        return ShardInfo(False, "float32", "cpu", None, 0, self.chunking, False, "sim", self.block_size)
+        chunking = self.chunking and not self.padded
+        return ShardInfo(self.padded, "float32", "cpu", None, 0, chunking, False, "sim", self.block_size)
 
     async def health(self) -> None:
         return None
 
     async def warmup(self, max_input, max_prefill, max_total, max_batch_size) -> WarmupResult:
         self.prefill_budget = max_prefill
-        return WarmupResult(self.total_tokens, max_input or 1024, max_total or 2048)
+        supported = None if self.padded else self.total_tokens  # padded shards cannot size their cache
+        return WarmupResult(supported, max_input or 1024, max_total or 2048)
 
     async def clear_cache(self, batch_id=None, metadata=None) -> None:
         async with self._serial():

@@ -69,11 +69,15 @@ async def client(scheduler, index: int, spec: Spec) -> tuple[list[int], EndEvent
     raise AssertionError("stream ended without EndEvent")
 
 
-async def run(policy: str, chunking: bool, requests: list[Spec]) -> None:
+async def run(policy: str, shard_kind: str, requests: list[Spec]) -> None:
+    chunking, padded = shard_kind == "chunking", shard_kind == "padded"
     if not chunking:  # like TGI's router, prompts must fit one prefill when the shard cannot chunk
         requests = [replace(s, prompt_len=min(s.prompt_len, 128)) for s in requests]
     shard = SimulatedShard(
-        eos_of={f"p{i}": s.eos_at for i, s in enumerate(requests)}, chunking=chunking, total_tokens=16 * 64
+        eos_of={f"p{i}": s.eos_at for i, s in enumerate(requests)},
+        chunking=chunking,
+        padded=padded,
+        total_tokens=16 * 64,
     )
     config = SchedulerConfig(
         policy=policy, max_batch_prefill_tokens=128, max_batch_total_tokens=16 * 64, prefill_step_tokens=48
@@ -102,10 +106,17 @@ async def run(policy: str, chunking: bool, requests: list[Spec]) -> None:
     assert scheduler.state.running == {}
     assert not scheduler.state.waiting
     allocator = scheduler.state.allocator
-    assert allocator is not None and allocator.free_blocks == allocator.total_blocks - 1
+    if padded:
+        assert allocator is None
+    else:
+        assert allocator is not None and allocator.free_blocks == allocator.total_blocks - 1
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(requests=specs, policy=st.sampled_from(["sync", "async"]), chunking=st.booleans())
-def test_no_request_lost_duplicated_or_overflowing(requests: list[Spec], policy: str, chunking: bool) -> None:
-    asyncio.run(run(policy, chunking, requests))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests=specs,
+    policy=st.sampled_from(["sync", "async"]),
+    shard_kind=st.sampled_from(["chunking", "blocks", "padded"]),
+)
+def test_no_request_lost_duplicated_or_overflowing(requests: list[Spec], policy: str, shard_kind: str):
+    asyncio.run(run(policy, shard_kind, requests))
