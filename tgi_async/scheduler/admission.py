@@ -7,7 +7,7 @@ caller executes it. The only state it touches is the block allocator, whose allo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -65,9 +65,12 @@ class AdmissionPlan:
 
 
 def plan_admission(
-    queue: Sequence[Candidate], budget: Budget, shape: ShardShape, allocator: BlockAllocator | None
+    queue: Iterable[Candidate], budget: Budget, shape: ShardShape, allocator: BlockAllocator | None
 ) -> AdmissionPlan:
-    """Admit requests from the front of `queue` while they fit `budget`. Allocates their KV blocks."""
+    """Admit requests from the front of `queue` while they fit `budget`. Allocates their KV blocks.
+
+    `queue` is read once, front to back, and no further than the first request that does not fit.
+    """
     admitted: list[Admission] = []
     dropped: list[int] = []
     deferred: DeferReason | None = None

@@ -50,16 +50,15 @@ class SchedulerState:
         """Move the requests that fit `budget` from the queue into a new batch (None if none fit)."""
         if not self.waiting:
             return None
-        candidates = [
+        # NOTE: lazily: the policy stops at the first request that does not fit, so a round costs what it
+        # admits, not the queue's length (it runs every step while requests wait).
+        candidates = (
             Candidate(e.id, e.request.input_length, e.max_new_tokens, cancelled=e.cancelled)
             for e in self.waiting
-        ]
+        )
         plan = plan_admission(candidates, budget, self.shape, self.allocator)
         self.tracer.admission(plan, budget, self._next_batch_id)
-        by_id = {e.id: e for e in self.waiting}
-        taken = {a.id for a in plan.admitted} | set(plan.dropped)
-        if taken:
-            self.waiting = deque(e for e in self.waiting if e.id not in taken)
+        by_id = self._take({a.id for a in plan.admitted} | set(plan.dropped))
         for request_id in plan.dropped:
             by_id[request_id].ended = True
             metrics.REQUEST_FAILURE.labels(err="dropped").inc()
@@ -94,6 +93,19 @@ class SchedulerState:
         self._next_batch_id += 1
         metrics.BATCH_NEXT_SIZE.observe(len(requests))
         return batch, entries, plan
+
+    def _take(self, ids: set[int]) -> dict[int, Entry]:
+        """Remove `ids` from the queue; they all lie in the prefix the policy read."""
+        taken: dict[int, Entry] = {}
+        skipped: list[Entry] = []
+        while len(taken) < len(ids):
+            entry = self.waiting.popleft()
+            if entry.id in ids:
+                taken[entry.id] = entry
+            else:
+                skipped.append(entry)
+        self.waiting.extendleft(reversed(skipped))
+        return taken
 
     def release(self, request_id: int) -> None:
         """The request left the shards: forget it and free its KV blocks."""
