@@ -119,10 +119,8 @@ class AsyncScheduler(SchedulerCore):
                 self.prefills.append((new_batch, entries))
                 self.decode_wakeup.set()
                 continue
+            # Padded shards: whole prompts in one Prefill of their own, then the batch joins the decodes.
             cached = await steps.prefill(new_batch)
-            # Chunked prompts continue one shard step at a time (each bounded by the warmup prefill budget).
-            while cached is not None and any(e.live and e.tokens_received == 0 for e in entries):
-                cached = await steps.decode([cached])
             if cached is not None:
                 self.ready.append(cached)
                 self.decode_wakeup.set()
