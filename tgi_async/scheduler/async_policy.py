@@ -263,29 +263,11 @@ class AsyncScheduler(SchedulerCore):
     async def _filter(self, remove: tuple[int, ...]) -> None:
         batch = self.decode_batch
         assert batch is not None
-        filtering = self.state.tracer.filtering(batch, remove=remove)
-        running = self.state.running
         gone = set(remove)
-        for request_id in remove:
-            entry = running.get(request_id)
-            if entry is not None and entry.live:
-                # It reached max_new_tokens without the shard reporting an end: never leave a client hanging.
-                entry.fail(InferError("Incomplete generation", "incomplete_generation"))
-        keep = [i for i in batch.request_ids if i not in gone]
-        try:
-            if keep:
-                self.decode_batch = await self.client.filter_batch(batch.id, keep)
-            else:
-                await self.client.clear_cache(batch.id)
-                self.decode_batch = None
-        except ShardError as exc:
-            logger.error("filter failed: %s", exc, extra={"batch_id": batch.id})
-            await self.steps.fail([batch.id], list(batch.request_ids), InferError(exc.details, "generation"))
-            self.decode_batch = None
-        filtering.done(self.decode_batch)
-        for request_id in remove:
-            entry = running.get(request_id)
-            if entry is not None and entry.cancelled and not entry.ended:
-                metrics.REQUEST_FAILURE.labels(err="dropped").inc()
-            self.state.release(request_id)
+        # A request taken out at its length limit without the shard reporting an end would leave its client
+        # hanging: it ends with an error instead (after the filter, so its trace still says why it left).
+        unfinished = [e for i in remove if (e := self.state.running.get(i)) is not None and e.live]
+        self.decode_batch = await self.steps.keep_only(batch, [i for i in batch.request_ids if i not in gone])
+        for entry in unfinished:
+            entry.fail(InferError("Incomplete generation", "incomplete_generation"))
         self.wakeup.set()  # freed blocks may admit queued requests

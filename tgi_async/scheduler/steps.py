@@ -101,19 +101,34 @@ class StepRunner:
         keep = [i for i in batch.request_ids if (e := running.get(i)) is not None and e.live]
         if len(keep) == len(batch.request_ids):
             return batch
+        return await self.keep_only(batch, keep)
+
+    async def keep_only(self, batch: CachedBatch, keep: Sequence[int]) -> CachedBatch | None:
+        """FilterBatch `batch` down to `keep` (ClearCache when empty) and free the others' KV blocks.
+
+        Returns the new batch, or None when nothing is left; a failing call fails the batch's requests.
+        """
         filtering = self.state.tracer.filtering(batch, keep=keep)
-        if keep:
-            new_batch = await self.client.filter_batch(batch.id, keep)
-        else:
-            await self.client.clear_cache(batch.id)
-            new_batch = None
+        try:
+            if keep:
+                new_batch = await self.client.filter_batch(batch.id, keep)
+            else:
+                await self.client.clear_cache(batch.id)
+                new_batch = None
+        except ShardError as exc:
+            logger.error("filter failed: %s", exc, extra={"batch_id": batch.id})
+            filtering.done(None)
+            await self.fail([batch.id], list(batch.request_ids), InferError(exc.details or str(exc)))
+            return None
         filtering.done(new_batch)
+        kept = set(keep)
         for request_id in batch.request_ids:
-            entry = running.get(request_id)
-            if entry is not None and not entry.live:
-                if entry.cancelled and not entry.ended:
-                    metrics.REQUEST_FAILURE.labels(err="dropped").inc()
-                self.state.release(request_id)
+            if request_id in kept:
+                continue
+            entry = self.state.running.get(request_id)
+            if entry is not None and entry.cancelled and not entry.ended:
+                metrics.REQUEST_FAILURE.labels(err="dropped").inc()
+            self.state.release(request_id)
         return new_batch
 
     async def fail(self, batch_ids: Sequence[int], request_ids: Sequence[int], error: InferError) -> None:
