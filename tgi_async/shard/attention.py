@@ -211,11 +211,16 @@ def _attend(
     """SDPA of `query` `[1, H, T, D]` against the cached context `layout` describes -> `[1, T, H, D]`."""
     keys, values = cache.gather(layer, layout.key_slots)
     keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-    heads, head_dim = query.shape[1], query.shape[3]
+    heads, head_dim, kv_heads = query.shape[1], query.shape[3], keys.shape[1]
+    # One query per sequence (decodes) with grouped KV heads: fold each group's query heads into query rows
+    # of its KV head, so SDPA reads every key once instead of expanding keys per query head.
+    fold = layout.query_index is None and layout.key_groups is None and heads != kv_heads
     if layout.query_index is not None:
         queries = query[0][:, layout.query_index].transpose(0, 1)
     elif layout.key_groups is None:
         queries = query[0].transpose(0, 1)[:, :, None]
+        if fold:
+            queries = queries.reshape(-1, kv_heads, heads // kv_heads, head_dim)
     else:
         queries = query
     output = F.scaled_dot_product_attention(
@@ -224,8 +229,10 @@ def _attend(
         values,
         attn_mask=layout.mask(sliding_window),
         scale=scaling,
-        enable_gqa=heads != keys.shape[1],
+        enable_gqa=heads != kv_heads and not fold,
     )
+    if fold:
+        output = output.reshape(-1, heads, 1, head_dim)
     output = output.transpose(1, 2)
     if layout.key_groups is None:
         output = output.reshape(-1, heads, head_dim)
