@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -11,9 +12,12 @@ import grpc.aio
 from tgi_async.client import convert
 from tgi_async.client.types import CachedBatch, NewBatch, ShardInfo, StepResult, WarmupResult
 from tgi_async.proto import ShardStub, pb
+from tgi_async.proto.call_order import CallNumbers
 from tgi_async.telemetry.grpc_tracing import client_interceptors
 
 Metadata = Sequence[tuple[str, str]]
+Response = Any  # a generate.v3 response message
+T = TypeVar("T")
 
 # Unbounded messages: prefill logprobs with top tokens for long prompts exceed gRPC's 4 MiB default.
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -47,15 +51,30 @@ class ShardClient:
             self.url, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
         )
         self._stub = ShardStub(self._channel)
+        self._numbers = CallNumbers()
 
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _call(self, method: str, request, metadata: Metadata | None = None):
+    def _start(self, method: str, request, metadata: Metadata | None = None) -> grpc.aio.UnaryUnaryCall:
+        """Start an RPC that reads or changes the shard's batches, with the next call number (call_order).
+
+        NOTE: synchronous on purpose: grpc.aio queues the RPC's task right here, so it goes out before
+        whatever the caller schedules next (the scheduler wakes the previous step's streams after this)."""
+        metadata = (*(metadata or ()), self._numbers.next())
+        return getattr(self._stub, method)(request, metadata=metadata)
+
+    async def _finish(
+        self, method: str, call: Awaitable[Response], convert_response: Callable[[Response], T]
+    ) -> T:
         try:
-            return await getattr(self._stub, method)(request, metadata=metadata)
+            response = await call
         except grpc.aio.AioRpcError as exc:
             raise ShardError(method, exc.code(), exc.details() or "") from None
+        return convert_response(response)
+
+    async def _call(self, method: str, request):
+        return await self._finish(method, getattr(self._stub, method)(request), _same)
 
     async def info(self) -> ShardInfo:
         return convert.shard_info_from_pb(await self._call("Info", pb.InfoRequest()))
@@ -66,16 +85,15 @@ class ShardClient:
     async def service_discovery(self) -> list[str]:
         return list((await self._call("ServiceDiscovery", pb.ServiceDiscoveryRequest())).urls)
 
-    async def clear_cache(self, batch_id: int | None = None, metadata: Metadata | None = None) -> None:
+    def clear_cache(self, batch_id: int | None = None, metadata: Metadata | None = None) -> Awaitable[None]:
         request = pb.ClearCacheRequest() if batch_id is None else pb.ClearCacheRequest(id=batch_id)
-        await self._call("ClearCache", request, metadata)
+        return self._finish("ClearCache", self._start("ClearCache", request, metadata), _nothing)
 
-    async def filter_batch(
+    def filter_batch(
         self, batch_id: int, request_ids: Sequence[int], metadata: Metadata | None = None
-    ) -> CachedBatch | None:
+    ) -> Awaitable[CachedBatch | None]:
         request = pb.FilterBatchRequest(batch_id=batch_id, request_ids=list(request_ids))
-        response = await self._call("FilterBatch", request, metadata)
-        return convert.cached_batch_from_pb(response.batch) if response.HasField("batch") else None
+        return self._finish("FilterBatch", self._start("FilterBatch", request, metadata), _filtered_batch)
 
     async def warmup(
         self,
@@ -85,19 +103,34 @@ class ShardClient:
         max_batch_size: int | None,
     ) -> WarmupResult:
         request = warmup_request(max_input_tokens, max_prefill_tokens, max_total_tokens, max_batch_size)
-        return convert.warmup_from_pb(await self._call("Warmup", request))
+        return await self._finish("Warmup", self._start("Warmup", request), convert.warmup_from_pb)
 
-    async def prefill(
+    def prefill(
         self, batch: NewBatch, cached_batch: CachedBatch | None = None, metadata: Metadata | None = None
-    ) -> StepResult:
+    ) -> Awaitable[StepResult]:
         request = pb.PrefillRequest(batch=convert.batch_to_pb(batch))
         if cached_batch is not None:
             request.cached_batch.CopyFrom(convert.cached_batch_to_pb(cached_batch))
-        return convert.step_result_from_pb(await self._call("Prefill", request, metadata))
+        call = self._start("Prefill", request, metadata)
+        return self._finish("Prefill", call, convert.step_result_from_pb)
 
-    async def decode(self, batches: Sequence[CachedBatch], metadata: Metadata | None = None) -> StepResult:
+    def decode(
+        self, batches: Sequence[CachedBatch], metadata: Metadata | None = None
+    ) -> Awaitable[StepResult]:
         request = pb.DecodeRequest(batches=[convert.cached_batch_to_pb(b) for b in batches])
-        return convert.step_result_from_pb(await self._call("Decode", request, metadata))
+        return self._finish("Decode", self._start("Decode", request, metadata), convert.step_result_from_pb)
+
+
+def _same(response):
+    return response
+
+
+def _nothing(response) -> None:
+    return None
+
+
+def _filtered_batch(response: pb.FilterBatchResponse) -> CachedBatch | None:
+    return convert.cached_batch_from_pb(response.batch) if response.HasField("batch") else None
 
 
 def warmup_request(

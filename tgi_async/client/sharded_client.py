@@ -41,13 +41,18 @@ class ShardedClient:
     async def health(self) -> None:
         await self._all(lambda c: c.health())
 
-    async def clear_cache(self, batch_id: int | None = None, metadata: Metadata | None = None) -> None:
-        await self._all(lambda c: c.clear_cache(batch_id, metadata))
+    def _started(self, start: Callable[[ShardClient], Awaitable[T]]) -> Awaitable[T]:
+        """Start the call on every shard now, in rank order (ShardClient._start); awaits rank 0's answer."""
+        calls = [start(c) for c in self.clients]
+        return calls[0] if len(calls) == 1 else _first(asyncio.gather(*calls))
 
-    async def filter_batch(
+    def clear_cache(self, batch_id: int | None = None, metadata: Metadata | None = None) -> Awaitable[None]:
+        return self._started(lambda c: c.clear_cache(batch_id, metadata))
+
+    def filter_batch(
         self, batch_id: int, request_ids: Sequence[int], metadata: Metadata | None = None
-    ) -> CachedBatch | None:
-        return (await self._all(lambda c: c.filter_batch(batch_id, request_ids, metadata)))[0]
+    ) -> Awaitable[CachedBatch | None]:
+        return self._started(lambda c: c.filter_batch(batch_id, request_ids, metadata))
 
     async def warmup(
         self,
@@ -62,12 +67,18 @@ class ShardedClient:
         # Shards may hold different vocab slices and so fit different KV sizes: the smallest wins.
         return min(results, key=lambda r: (r.max_supported_total_tokens or 0, r.max_input_tokens))
 
-    async def prefill(
+    def prefill(
         self, batch: NewBatch, cached_batch: CachedBatch | None = None, metadata: Metadata | None = None
-    ) -> StepResult:
+    ) -> Awaitable[StepResult]:
         tracing.sent_prefill(batch, cached_batch)
-        return (await self._all(lambda c: c.prefill(batch, cached_batch, metadata)))[0]
+        return self._started(lambda c: c.prefill(batch, cached_batch, metadata))
 
-    async def decode(self, batches: Sequence[CachedBatch], metadata: Metadata | None = None) -> StepResult:
+    def decode(
+        self, batches: Sequence[CachedBatch], metadata: Metadata | None = None
+    ) -> Awaitable[StepResult]:
         tracing.sent_decode(batches)
-        return (await self._all(lambda c: c.decode(batches, metadata)))[0]
+        return self._started(lambda c: c.decode(batches, metadata))
+
+
+async def _first(results: Awaitable[list[T]]) -> T:
+    return (await results)[0]

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 
@@ -27,7 +28,7 @@ from tgi_async.scheduler.admission import Budget
 from tgi_async.scheduler.core import SchedulerCore
 from tgi_async.scheduler.decode_plan import RequestView, plan_decode
 from tgi_async.scheduler.entry import Entry
-from tgi_async.scheduler.request import InferError
+from tgi_async.scheduler.request import InferError, InferEvent
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,13 @@ class AsyncScheduler(SchedulerCore):
         self.decode_wakeup = asyncio.Event()
         self.decode_batch: CachedBatch | None = None  # the decode batch as of the last call sent
         self.vanished: set[int] = set()  # batch ids the shard dropped while calls naming them were queued
+        self.unpublished: list[tuple[Entry, list[InferEvent]]] = []  # received events, clients not woken yet
 
     def _loops(self):
         return [("prefill_loop", self._prefill_loop), ("decode_loop", self._decode_loop)]
 
     async def _reset(self, error: InferError) -> None:
+        self._publish()  # tokens the shard produced go out before any error
         self.ready.clear()
         for _, entries in self.prefills:
             for entry in entries:
@@ -159,6 +162,13 @@ class AsyncScheduler(SchedulerCore):
             if decision.action == "decode":
                 pending.append(self._send_decode())
                 continue
+            # Only now, with the next call on its way to the shard, the last step's tokens wake the streams.
+            # NOTE: one turn of the loop first: the call tasks just created start their RPCs, and grpc.aio
+            # queues each RPC's own task at that moment, so it runs before the woken streams.
+            if self.unpublished:
+                await asyncio.sleep(0)
+                self._publish()
+                continue  # things may have changed during that turn: decide again
             if decision.action == "filter":
                 await self._filter(decision.remove)
                 continue
@@ -173,6 +183,11 @@ class AsyncScheduler(SchedulerCore):
             # wait / drain: take the oldest call's result (the next one is already queued at the shard)
             await self._receive(pending)
 
+    def _publish(self) -> None:
+        for entry, events in self.unpublished:
+            entry.publish(events)
+        self.unpublished.clear()
+
     def _send_decode(self) -> _InFlight:
         """Queue the next step at the shard: a Prefill carrying the next admitted prompt chunk beside the
         running decodes (chunking shards), else a Decode of the running batch and any prefilled ones."""
@@ -186,10 +201,10 @@ class AsyncScheduler(SchedulerCore):
         ids = tuple(i for b in batches for i in b.request_ids)
         if new_batch is not None:
             ids += tuple(r.id for r in new_batch.requests)
-            call = self.client.prefill(new_batch, batches[0] if batches else None)
-            method = "prefill"
+            cached = batches[0] if batches else None
+            start_call, method = partial(self.client.prefill, new_batch, cached), "prefill"
         else:
-            call, method = self.client.decode(batches), "decode"
+            start_call, method = partial(self.client.decode, batches), "decode"
         # NOTE: the shard concatenates into the first batch's id; the next call only needs that id.
         self.decode_batch = CachedBatch(
             id=batches[0].id if batches else new_batch.id,
@@ -202,7 +217,7 @@ class AsyncScheduler(SchedulerCore):
         metrics.BATCH_CURRENT_MAX_TOKENS.set(self.decode_batch.max_tokens)
         if len(batches) > 1 or (new_batch is not None and batches):
             metrics.BATCH_CONCAT.labels(reason="async_merge").inc()
-        task = asyncio.create_task(self.steps.call(method, call))
+        task = asyncio.create_task(self.steps.call(method, start_call))
         return _InFlight(task, batches, entries, new_batch)
 
     async def _receive(self, pending: deque[_InFlight]) -> None:
@@ -216,7 +231,7 @@ class AsyncScheduler(SchedulerCore):
             return
         for entry in call.entries:
             entry.tokens_in_flight -= 1
-        self.steps.deliver(result)
+        self.unpublished.extend(self.steps.record(result))
         if self.state.waiting:
             self.wakeup.set()  # the prompt in progress may be done: the prefill loop may admit the next
         if result.batch is None:

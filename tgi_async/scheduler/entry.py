@@ -48,22 +48,32 @@ class Entry:
             self.outbox.put_nowait(error)
 
     def deliver(self, generation: Generation) -> bool:
-        """Turn one step's output into events. Returns True when the request ended with it.
+        """Turn one step's output into events for the client now. Returns True when the request ended."""
+        self.publish(self.record(generation))
+        return self.ended
+
+    def publish(self, events: list[InferEvent]) -> None:
+        for event in events:
+            self.outbox.put_nowait(event)
+
+    def record(self, generation: Generation) -> list[InferEvent]:
+        """Account one step's output (progress, end) now; returns the events it makes, to `publish`.
 
         NOTE: output arriving after the end (a pipelined step ran a finished request once more, as TGI's
         shards do) is dropped here, so a client never sees a token after its last.
         """
         if self.ended or self.cancelled:
-            return self.ended
+            return []
+        events: list[InferEvent] = []
         if generation.prefill_tokens is not None and self.request.prefill_logprobs:
-            self.outbox.put_nowait(PrefillEvent(generation.prefill_tokens))
+            events.append(PrefillEvent(generation.prefill_tokens))
         last = len(generation.tokens) - 1
         for index, token in enumerate(generation.tokens):
             top = generation.top_tokens[index] if index < len(generation.top_tokens) else ()
             self.tokens_received += 1
             if index == last and generation.generated_text is not None:
                 self.ended = True
-                self.outbox.put_nowait(
+                events.append(
                     EndEvent(
                         token=token,
                         generated_text=generation.generated_text,
@@ -73,5 +83,5 @@ class Entry:
                     )
                 )
             else:
-                self.outbox.put_nowait(TokenEvent(token=token, top_tokens=top))
-        return self.ended
+                events.append(TokenEvent(token=token, top_tokens=top))
+        return events

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from typing import Literal
 
 from tgi_async import metrics
 from tgi_async.client.shard_client import ShardError
 from tgi_async.client.sharded_client import ShardedClient
 from tgi_async.client.types import CachedBatch, NewBatch, StepResult
-from tgi_async.scheduler.request import InferError
+from tgi_async.scheduler.entry import Entry
+from tgi_async.scheduler.request import InferError, InferEvent
 from tgi_async.scheduler.state import SchedulerState
 
 logger = logging.getLogger(__name__)
@@ -29,31 +31,42 @@ class StepRunner:
 
     def deliver(self, result: StepResult) -> None:
         """Hand each generation to its request (late output for ended requests is dropped there)."""
+        for entry, events in self.record(result):
+            entry.publish(events)
+
+    def record(self, result: StepResult) -> list[tuple[Entry, list[InferEvent]]]:
+        """Account each generation to its request now; returns the events to publish to the clients later
+        (the async loop queues its next shard call first)."""
         running = self.state.running
+        records = []
         for generation in result.generations:
             entry = running.get(generation.request_id)
             if entry is not None:
-                entry.deliver(generation)
+                records.append((entry, entry.record(generation)))
+        return records
 
     async def prefill(self, batch: NewBatch, cached_batch: CachedBatch | None = None) -> CachedBatch | None:
         """Prefill `batch` (joined to `cached_batch` on chunking shards), deliver, filter."""
         ids = [r.id for r in batch.requests] + list(cached_batch.request_ids if cached_batch else ())
         failed_batches = [batch.id] + ([cached_batch.id] if cached_batch else [])
-        result = await self._call("prefill", ids, failed_batches, self.client.prefill(batch, cached_batch))
+        start_call = partial(self.client.prefill, batch, cached_batch)
+        result = await self._call("prefill", ids, failed_batches, start_call)
         return None if result is None else await self.filter(result.batch)
 
     async def decode(self, batches: Sequence[CachedBatch]) -> CachedBatch | None:
         ids = [i for b in batches for i in b.request_ids]
-        result = await self._call("decode", ids, [b.id for b in batches], self.client.decode(batches))
+        start_call = partial(self.client.decode, batches)
+        result = await self._call("decode", ids, [b.id for b in batches], start_call)
         return None if result is None else await self.filter(result.batch)
 
-    async def call(self, method: Method, call: Awaitable[StepResult]) -> StepResult:
-        """Await one shard step, recording TGI's batch metrics; raises `ShardError`."""
+    async def call(self, method: Method, start_call: Callable[[], Awaitable[StepResult]]) -> StepResult:
+        """One shard step, recording TGI's batch metrics; raises `ShardError`. `start_call` starts the RPC
+        inside the step's trace context (its span is the RPC's parent)."""
         start = time.monotonic()
         metrics.BATCH_INFERENCE_COUNT.labels(method=method).inc()
         step = self.state.tracer.step(method)
         try:
-            result = await call
+            result = await start_call()
         except ShardError:
             step.failed()
             metrics.BATCH_INFERENCE_FAILURE.labels(method=method).inc()
@@ -71,11 +84,15 @@ class StepRunner:
         return result
 
     async def _call(
-        self, method: Method, request_ids: list[int], batch_ids: list[int], call: Awaitable[StepResult]
+        self,
+        method: Method,
+        request_ids: list[int],
+        batch_ids: list[int],
+        start_call: Callable[[], Awaitable[StepResult]],
     ) -> StepResult | None:
         """One step, executed synchronously: call, deliver, free what the shard dropped; errors fail it."""
         try:
-            result = await self.call(method, call)
+            result = await self.call(method, start_call)
         except ShardError as exc:
             logger.error("%s failed: %s", method, exc, extra={"batch_ids": batch_ids})
             await self.fail(batch_ids, request_ids, InferError(exc.details or str(exc), "generation"))

@@ -1,7 +1,8 @@
 """The bundled shard's gRPC service (generate.v3) on `unix://{uds_path}-{rank}`.
 
-Model work and every RPC that reads or changes cached batches run on ONE worker thread, in arrival order, so
-they are serialized and the event loop stays free: Health, Info and ServiceDiscovery answer at once, even
+Model work and every RPC that reads or changes cached batches run on ONE worker thread, in the order the
+router numbered them (tgi_async/proto/call_order.py; arrival order without numbers), so they are serialized
+and the event loop stays free: Health, Info and ServiceDiscovery answer at once, even
 during a long step. Each operation validates everything before it changes the cache, so a bad request gets
 a clear gRPC status (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) and leaves every batch as it was; an
 unexpected failure (INTERNAL) drops only the batch it happened in.
@@ -21,8 +22,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from tgi_async.proto import add_servicer, pb
+from tgi_async.proto import add_servicer, call_order, pb
 from tgi_async.shard.batch import BatchError, Limits, ShardBatch
+from tgi_async.shard.call_order import CallOrder
 from tgi_async.shard.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class ShardService:
         self.server_urls = list(server_urls)
         self.batches: dict[int, ShardBatch] = {}  # owned by the model thread
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-model")
+        self.order = CallOrder()
 
     # -- RPCs answered on the event loop -------------------------------------------------------------------
 
@@ -82,6 +85,9 @@ class ShardService:
 
     async def _on_model_thread(self, context, name: str, handler: Callable[[Any], Any], request: Any) -> Any:
         loop = asyncio.get_running_loop()
+        # NOTE: submitted in the router's call order (no await between the turn and the submission); the
+        # single model thread then runs them in that order.
+        await self.order.turn(call_order.parse(context.invocation_metadata()))
         try:
             return await loop.run_in_executor(self.executor, handler, request)
         except BatchError as exc:
