@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def token(t: Token) -> p.Token:
-    return p.Token(id=t.id, text=t.text, logprob=p.f32(t.logprob), special=t.special)
+    # NOTE: built without validation (the scheduler's tokens are typed already): once per streamed token.
+    return p.Token.model_construct(id=t.id, text=t.text, logprob=p.f32(t.logprob), special=t.special)
 
 
 def prefill_token(t: Token) -> p.PrefillToken:
@@ -179,8 +180,12 @@ async def _stream_items(
                 if isinstance(event, PrefillEvent):
                     continue
                 if isinstance(event, TokenEvent):
-                    yield p.StreamResponse(
-                        index=index, token=token(event.token), top_tokens=[token(t) for t in event.top_tokens]
+                    yield p.StreamResponse.model_construct(
+                        index=index,
+                        token=token(event.token),
+                        top_tokens=[token(t) for t in event.top_tokens],
+                        generated_text=None,
+                        details=None,
                     )
                     continue
                 assert isinstance(event, EndEvent)
