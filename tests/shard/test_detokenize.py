@@ -144,7 +144,10 @@ def test_garbage_bytes_are_flushed_instead_of_piling_up(tokenizer, byte_ids):
     split_bytes=st.booleans(),
 )
 def test_round_trip_of_random_text(tokenizer, byte_ids, text, split_bytes):
-    assume(not any(special in text for special in tokenizer.all_special_tokens))
+    # NOTE: every added special token (all_special_tokens omits e.g. <|im_start|>): the text round trip
+    # skips them
+    specials = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    assume(not any(special in text for special in specials))
     ids = as_bytes(text, byte_ids) if split_bytes else tokenizer.encode(text, add_special_tokens=False)
     detokenizer = IncrementalDetokenizer(tokenizer, prompt(tokenizer))
     pieces = [detokenizer.push(token) for token in ids]

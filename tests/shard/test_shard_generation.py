@@ -248,3 +248,16 @@ async def test_stop_sequence_finishes_the_request(stub, reference):
     assert finished.finish_reason == pb.FINISH_REASON_STOP_SEQUENCE
     assert finished.generated_tokens == last + 1
     assert finished.text.endswith(stop) and finished.text == full[:end]
+
+
+async def test_long_decodes_match_generate_as_the_batch_shrinks(stub, reference):
+    # Long enough to outgrow the CPU decode context's headroom more than once, with requests leaving at
+    # different steps (each change makes the next step rebuild the context from the paged cache).
+    lengths = {1: 20, 5: 75, 6: 150}
+    expected = {i: reference.greedy(PROMPTS[i], n) for i, n in lengths.items()}
+    blocks, out = Blocks(), Outputs()
+    requests = [request(i, PROMPTS[i], blocks, len(reference.ids(PROMPTS[i])), n) for i, n in lengths.items()]
+    response = await stub.Prefill(pb.PrefillRequest(batch=batch(40, requests)))
+    out.add(response.generations)
+    await decode_until_done(stub, await filter_finished(stub, response.batch, out), out)
+    assert out.tokens == expected

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.kv_cache import KVCache
 
 ATTENTION_NAME = "tgi_async_paged"
@@ -70,10 +71,12 @@ class SplitLayout:
 
 @dataclass(frozen=True, slots=True)
 class PagedStep:
-    """What the attention function needs for one forward: the cache and the step's layout."""
+    """What the attention function needs for one forward: the cache, the step's layout, and for a decode-only
+    step on CPU the decoding requests' dense context (read instead of gathering from the cache)."""
 
     cache: KVCache
     layout: AttentionLayout | SplitLayout
+    dense: DecodeContext | None = None
 
 
 def build_layout(
@@ -190,27 +193,32 @@ def paged_attention_forward(
         )
     if softcap is not None:
         raise NotImplementedError("attention logit softcapping is not supported by the bundled shard")
-    layout, layer = step.layout, module.layer_idx
-    step.cache.write(layer, layout.write_slots, key[0].transpose(0, 1), value[0].transpose(0, 1))
+    layout, layer, cache = step.layout, module.layer_idx, step.cache
+    new_keys, new_values = key[0].transpose(0, 1), value[0].transpose(0, 1)
+    cache.write(layer, layout.write_slots, new_keys, new_values)
     if isinstance(layout, AttentionLayout):
-        return _attend(step.cache, layer, layout, query, scaling, sliding_window), None
+        if step.dense is not None:
+            context = step.dense.context(layer, cache, layout.key_slots, new_keys, new_values)
+        else:
+            context = cache.gather(layer, layout.key_slots)
+        return _attend(context, layout, query, scaling, sliding_window), None
     output = query.new_empty(1, query.shape[2], query.shape[1], query.shape[3])
     for tokens, part in layout.parts:
-        output[0, tokens] = _attend(step.cache, layer, part, query[:, :, tokens], scaling, sliding_window)[0]
+        context = cache.gather(layer, part.key_slots)
+        output[0, tokens] = _attend(context, part, query[:, :, tokens], scaling, sliding_window)[0]
     return output, None
 
 
 def _attend(
-    cache: KVCache,
-    layer: int,
+    context: tuple[torch.Tensor, torch.Tensor],
     layout: AttentionLayout,
     query: torch.Tensor,
     scaling: float | None,
     sliding_window: int | None,
 ) -> torch.Tensor:
-    """SDPA of `query` `[1, H, T, D]` against the cached context `layout` describes -> `[1, T, H, D]`."""
-    keys, values = cache.gather(layer, layout.key_slots)
-    keys, values = keys.transpose(1, 2), values.transpose(1, 2)
+    """SDPA of `query` `[1, H, T, D]` against `context` (keys, values `[G, K, KVH, D]` at the layout's key
+    slots) -> `[1, T, H, D]`."""
+    keys, values = context[0].transpose(1, 2), context[1].transpose(1, 2)
     heads, head_dim, kv_heads = query.shape[1], query.shape[3], keys.shape[1]
     # One query per sequence (decodes) with grouped KV heads: fold each group's query heads into query rows
     # of its KV head, so SDPA reads every key once instead of expanding keys per query head.

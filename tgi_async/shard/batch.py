@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tgi_async.proto import pb
+from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.detokenize import IncrementalDetokenizer
 from tgi_async.shard.kv_cache import BLOCK_SIZE
 from tgi_async.shard.sampling import BatchSampler, row_parameters
@@ -77,6 +78,7 @@ class ShardBatch:
     sampler: BatchSampler
     slot_table: torch.Tensor
     _index: dict[int, int] = field(default_factory=dict)
+    decode_context: DecodeContext | None = None  # the engine's, kept between decode steps (CPU)
 
     def __post_init__(self) -> None:
         self._index = {r.id: i for i, r in enumerate(self.requests)}

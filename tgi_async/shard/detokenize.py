@@ -23,7 +23,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer, prompt_ids: Sequence[int]):
         self.tokenizer = tokenizer
-        self._decode = decoder(tokenizer)
+        self._decode = decoder(tokenizer)  # special tokens kept
         self._context = [int(i) for i in prompt_ids[-PROMPT_CONTEXT:]]
         self._generated: list[int] = []
         # Offsets index `self._ids()`: the prompt context followed by the generated ids.
@@ -47,7 +47,7 @@ class IncrementalDetokenizer:
         """Append a generated token; returns the text it completes ("" while a character is incomplete)."""
         self._generated.append(int(token_id))
         prefix_text = self._decode_prefix()
-        new_text = self._decode(self._window(self._prefix_offset), False)
+        new_text = self._decode(self._window(self._prefix_offset))
         total = len(self._context) + len(self._generated)
         complete = len(new_text) > len(prefix_text) and not new_text.endswith(REPLACEMENT_CHARACTER)
         if not complete and total - self._read_offset < MAX_PENDING:
@@ -58,7 +58,7 @@ class IncrementalDetokenizer:
     def _decode_prefix(self) -> str:
         key = (self._prefix_offset, self._read_offset)
         if self._prefix_text is None or self._prefix_text[:2] != key:
-            text = self._decode(self._window(*key), False)
+            text = self._decode(self._window(*key))
             self._prefix_text = (*key, text)
         return self._prefix_text[2]
 
@@ -66,8 +66,9 @@ class IncrementalDetokenizer:
         """The whole generated text, as TGI's GeneratedText.text: the generated ids decoded after the last
         prompt token (for its word-start context), minus that token's own text."""
         last = self._context[-1:]
-        prefix = self._decode(last, skip_special_tokens) if last else ""
-        text = self._decode(last + self._generated, skip_special_tokens)
+        decode = self.tokenizer.decode
+        prefix = decode(last, skip_special_tokens=skip_special_tokens) if last else ""
+        text = decode(last + self._generated, skip_special_tokens=skip_special_tokens)
         return text[len(prefix) :]
 
     def token_text(self, token_id: int) -> str:
@@ -75,16 +76,17 @@ class IncrementalDetokenizer:
         return token_texts(self.tokenizer, [token_id])[0]
 
 
-def decoder(tokenizer) -> Callable[[list[int], bool], str]:
-    """`(ids, skip_special_tokens) -> text`, equal to `tokenizer.decode`.
+def decoder(tokenizer) -> Callable[[list[int]], str]:
+    """`ids -> text`, equal to `tokenizer.decode(ids, skip_special_tokens=False)`.
 
-    NOTE: when transformers would apply no clean-up, its decode is the Rust tokenizer's plus ~2 us of Python
-    per call; called twice per generated token, that is a visible share of a CPU decode step.
+    NOTE: when transformers would apply no clean-up, that is the Rust tokenizer's decode plus ~2 us of Python
+    per call; called twice per generated token, a visible share of a CPU decode step. (Not for skipping
+    special tokens: transformers and the Rust tokenizer disagree on which tokens are special.)
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", True):
-        return lambda ids, skip: tokenizer.decode(ids, skip_special_tokens=skip)
-    return lambda ids, skip: backend.decode(ids, skip_special_tokens=skip)
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+    return lambda ids: backend.decode(ids, skip_special_tokens=False)
 
 
 def token_texts(tokenizer, token_ids: Sequence[int]) -> list[str]:

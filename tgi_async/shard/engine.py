@@ -17,6 +17,7 @@ import torch
 from tgi_async.proto import pb
 from tgi_async.shard import attention
 from tgi_async.shard.batch import Limits, RequestState, ShardBatch
+from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.detokenize import token_texts
 from tgi_async.shard.generations import (
     generated_text_message,
@@ -228,16 +229,23 @@ class Engine:
         device = self.device
         position_tensor = torch.tensor(positions, dtype=torch.long, device=device)
         table = batch.slot_table if len(active) == len(batch) else batch.slot_table[active]
+        dense = self._decode_context(batch, requests)
         layout = attention.build_layout(
-            table, [r.cache_len for r in requests], [r.chunk_len for r in requests], position_tensor
+            table,
+            [r.cache_len for r in requests],
+            [r.chunk_len for r in requests],
+            position_tensor,
+            packed=False if dense is not None else None,  # the dense context is laid out per sequence
         )
         output = self.model(
             input_ids=torch.tensor([input_ids], dtype=torch.long, device=device),
             position_ids=position_tensor[None],
             use_cache=False,
             logits_to_keep=torch.tensor(keep or [0], dtype=torch.long, device=device),
-            **{attention.STEP_KWARG: attention.PagedStep(self.cache, layout)},
+            **{attention.STEP_KWARG: attention.PagedStep(self.cache, layout, dense)},
         )
+        if dense is not None:
+            dense.end_step()
         logits = output.logits[0]
 
         producing = [j for j, r in enumerate(requests) if _produces(r)]
@@ -254,6 +262,24 @@ class Engine:
                 generations.append(self._advance(r, batch, active[j], *sampled[j]))
         self._schedule_chunks(batch)
         return StepResult(generations, start_decode - start, time.perf_counter_ns() - start_decode)
+
+    def _decode_context(self, batch: ShardBatch, requests: list[RequestState]) -> DecodeContext | None:
+        """The batch's dense decode context for this step (CPU, decode-only steps); None: gather instead."""
+        if (
+            self.device.type != "cpu"
+            or self.kv_shape.dtype != self.dtype  # a quantized cache: keep reading what it stores
+            or any(r.chunk_len != 1 for r in requests)
+        ):
+            batch.decode_context = None
+            return None
+        request_ids, lens = tuple(r.id for r in requests), [r.cache_len for r in requests]
+        context = batch.decode_context
+        if context is None or not context.serves(request_ids, lens):
+            context = DecodeContext.create(request_ids, lens, self.kv_shape, self.dtype)
+            batch.decode_context = context
+        if context is not None:
+            context.start_step()
+        return context
 
     def _sample(self, batch, active, requests, producing, logits, last_row):
         """{request index: (token id, logprob, top tokens or None)} for the requests that produce a token."""
