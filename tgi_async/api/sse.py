@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
@@ -46,31 +47,59 @@ def sse_error(error: InferError) -> bytes:
 async def with_keep_alive(
     events: AsyncIterator[bytes], interval_s: float = KEEP_ALIVE_INTERVAL_S
 ) -> AsyncIterator[bytes]:
-    """`events`, plus `KEEP_ALIVE` whenever `interval_s` pass without one. Closes `events` when closed."""
-    pending: asyncio.Future[bytes] | None = None
+    """`events`, plus `KEEP_ALIVE` whenever `interval_s` pass without one. Closes `events` when closed.
+
+    NOTE: a task pulls `events` into a queue and one timer per stream fires only when it has been silent:
+    nothing is created per event (a wait with a timeout per event cost ~10 % of the router's CPU)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | _End] = asyncio.Queue()
+    last = loop.time()
+
+    async def pull() -> None:
+        nonlocal last
+        try:
+            async for chunk in events:
+                last = loop.time()
+                queue.put_nowait(chunk)
+        except Exception as exc:
+            queue.put_nowait(_End(exc))
+        else:
+            queue.put_nowait(_End(None))
+
+    def tick() -> None:
+        nonlocal last, timer
+        silent = loop.time() - last
+        if silent >= interval_s:
+            queue.put_nowait(KEEP_ALIVE)
+            last, silent = loop.time(), 0.0
+        timer = loop.call_later(interval_s - silent, tick)
+
+    producer = asyncio.ensure_future(pull())
+    timer = loop.call_later(interval_s, tick)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=interval_s)
-            if not done:
-                yield KEEP_ALIVE
-                continue
-            try:
-                chunk = pending.result()
-            except StopAsyncIteration:
+            item = await queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
                 return
-            finally:
-                pending = None
-            yield chunk
+            yield item
     finally:
-        if pending is not None:
-            pending.cancel()
+        timer.cancel()
+        if not producer.done():
+            producer.cancel()
             with contextlib.suppress(BaseException):
-                await pending
+                await producer
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """The source is exhausted (`error` None) or failed."""
+
+    error: Exception | None
 
 
 def sse_response(
