@@ -7,11 +7,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine
-from typing import Any
 
 import uvicorn
 
+from tgi_async import event_loop
 from tgi_async.logs import setup_logging
 from tgi_async.memory import freeze_startup_objects
 from tgi_async.router.cli import NOT_APPLICABLE
@@ -43,22 +42,12 @@ def serve(args: argparse.Namespace) -> int:
         if getattr(args, name) not in (None, False, "on", 1_073_741_824):
             logger.info("--%s accepted, not applicable to tgi-async", name.replace("_", "-"))
     try:
-        return run_event_loop(_serve(args))
+        return event_loop.run(_serve(args))
     except StartupError as exc:
         logger.error("%s", exc)
         return 1
     except KeyboardInterrupt:
         return 0
-
-
-def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run the router on uvloop where installed (Linux/macOS): the router's event loop is its hot path
-    (SSE writes, gRPC completions, scheduling); uvloop cuts its CPU per token, and so the shard's idle."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def load_tokenizer(args: argparse.Namespace):

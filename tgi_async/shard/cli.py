@@ -7,7 +7,6 @@ startup with a clear message instead of being ignored.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -123,6 +122,7 @@ def load_engine(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from tgi_async import event_loop
     from tgi_async.logs import setup_logging
     from tgi_async.memory import freeze_startup_objects
 
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     setup_from_args(args, "text-generation-inference.server")
     interceptors = list(grpc_tracing.server_interceptors())
     freeze_startup_objects()
-    asyncio.run(serve(engine, args.uds_path, rank, world_size, interceptors))
+    event_loop.run(serve(engine, args.uds_path, rank, world_size, interceptors))
     return 0
 
 
