@@ -47,12 +47,8 @@ class Entry:
             self.ended = True
             self.outbox.put_nowait(error)
 
-    def deliver(self, generation: Generation) -> bool:
-        """Turn one step's output into events for the client now. Returns True when the request ended."""
-        self.publish(self.record(generation))
-        return self.ended
-
     def publish(self, events: list[InferEvent]) -> None:
+        """Hand events from `record` to the client's stream."""
         for event in events:
             self.outbox.put_nowait(event)
 
