@@ -2,15 +2,19 @@
 
 It stands in for `ShardedClient` (same methods, same plain-data results), so the real schedulers run against
 it without sockets at thousands of steps per second. What it models, because the schedulers depend on it:
-calls served one at a time in arrival order; finished requests stay in their batch and keep generating
-until filtered (like TGI's shards); a batch whose requests all finished is dropped and later calls naming it
-fail with NOT_FOUND; chunked prompts continue within the warmup prefill budget; every KV write checks the
-request's slots, so a scheduler that overflows an allocation fails the test.
+calls served one at a time in arrival order (with `dispatch_jitter`, like a shard that does not order the
+router's numbered calls: calls that reach an idle shard together start in any order); finished requests
+stay in their batch and keep generating until filtered (like TGI's shards); a batch whose requests all
+finished is dropped and later calls naming it fail with NOT_FOUND; chunked prompts continue within the warmup
+prefill budget; every KV write checks the request's slots, so a scheduler that overflows an allocation fails
+the test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 from dataclasses import dataclass, field
 
 import grpc
@@ -57,12 +61,15 @@ class SimulatedShard:
     batches: dict[int, list[SimRequest]] = field(default_factory=dict)
     overflows: list[str] = field(default_factory=list)
     calls: int = 0
+    dispatch_jitter: random.Random | None = None  # None: the shard starts calls in the order they were sent
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     # -- ShardedClient API -----------------------------------------------------------------------------------
     async def info(self) -> ShardInfo:
         chunking = self.chunking and not self.padded
-        return ShardInfo(self.padded, "float32", "cpu", None, 0, chunking, False, "sim", self.block_size)
+        ordered = self.dispatch_jitter is None
+        kind = (self.padded, "float32", "cpu", None, 0, chunking, False, "sim", self.block_size, ordered)
+        return ShardInfo(*kind)
 
     async def health(self) -> None:
         return None
@@ -121,9 +128,14 @@ class SimulatedShard:
         return None
 
     # -- model -----------------------------------------------------------------------------------------------
-    def _serial(self):
+    @contextlib.asynccontextmanager
+    async def _serial(self):
         self.calls += 1
-        return self._lock
+        if self.dispatch_jitter is not None and not self._lock.locked():
+            for _ in range(self.dispatch_jitter.randint(0, 3)):  # another call may arrive and start first
+                await asyncio.sleep(0)
+        async with self._lock:
+            yield
 
     def _get(self, batch_id: int, method: str) -> list[SimRequest]:
         if batch_id not in self.batches:

@@ -5,6 +5,7 @@ end, no KV allocation overflows, and every block comes back."""
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, replace
 
 from hypothesis import HealthCheck, given, settings
@@ -69,7 +70,7 @@ async def client(scheduler, index: int, spec: Spec) -> tuple[list[int], EndEvent
     raise AssertionError("stream ended without EndEvent")
 
 
-async def run(policy: str, shard_kind: str, requests: list[Spec]) -> None:
+async def run(policy: str, shard_kind: str, requests: list[Spec], jitter_seed: int | None = None) -> None:
     chunking, padded = shard_kind == "chunking", shard_kind == "padded"
     if not chunking:  # like TGI's router, prompts must fit one prefill when the shard cannot chunk
         requests = [replace(s, prompt_len=min(s.prompt_len, 128)) for s in requests]
@@ -78,6 +79,7 @@ async def run(policy: str, shard_kind: str, requests: list[Spec]) -> None:
         chunking=chunking,
         padded=padded,
         total_tokens=16 * 64,
+        dispatch_jitter=None if jitter_seed is None else random.Random(jitter_seed),
     )
     config = SchedulerConfig(
         policy=policy, max_batch_prefill_tokens=128, max_batch_total_tokens=16 * 64, prefill_step_tokens=48
@@ -117,6 +119,9 @@ async def run(policy: str, shard_kind: str, requests: list[Spec]) -> None:
     requests=specs,
     policy=st.sampled_from(["sync", "async"]),
     shard_kind=st.sampled_from(["chunking", "blocks", "padded"]),
+    jitter_seed=st.none() | st.integers(0, 1 << 16),  # a shard that does not order calls (TGI's)
 )
-def test_no_request_lost_duplicated_or_overflowing(requests: list[Spec], policy: str, shard_kind: str):
-    asyncio.run(run(policy, shard_kind, requests))
+def test_no_request_lost_duplicated_or_overflowing(
+    requests: list[Spec], policy: str, shard_kind: str, jitter_seed: int | None
+):
+    asyncio.run(run(policy, shard_kind, requests, jitter_seed))

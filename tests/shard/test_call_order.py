@@ -10,8 +10,9 @@ import time
 import grpc
 from shard_helpers import Blocks, batch, expect_error, request
 
+from tgi_async.client.shard_client import ShardClient
 from tgi_async.proto import pb
-from tgi_async.proto.call_order import METADATA_KEY, CallNumbers, parse
+from tgi_async.proto.call_order import METADATA_KEY, ORDERED_KEY, CallNumbers, announces_ordering, parse
 
 TEXT = "Numbered calls keep their order"
 
@@ -66,3 +67,13 @@ def test_call_numbers_count_up_per_client_and_parse_back():
     assert other.instance != numbers.instance and parse([other.next()]) == (other.instance, 0)
     assert parse([("traceparent", "00-ab-cd-01"), (METADATA_KEY, b"abc/7")]) == ("abc", 7)
     assert parse([(METADATA_KEY, "no-number")]) is None and parse(None) is None
+
+
+async def test_the_bundled_shard_says_it_orders_calls(bundled_shard):
+    client = ShardClient(bundled_shard)
+    try:
+        assert (await client.info()).orders_calls  # read from Info's initial metadata
+    finally:
+        await client.close()
+    assert announces_ordering([(ORDERED_KEY, "1")]) and not announces_ordering([("other", "1")])
+    assert not announces_ordering(None)  # TGI's shards: the async loop gives each call time to start

@@ -104,16 +104,29 @@ def test_one_request_makes_one_trace_with_linked_steps_and_shard_spans(traced_as
         assert server.start_ns <= model_step.start_ns <= model_step.end_ns <= server.end_ns
 
 
+def _wait_for_batch_size(url: str, size: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+            if line.startswith("tgi_batch_current_size ") and float(line.split()[1]) >= size:
+                return
+        time.sleep(0.002)
+    raise AssertionError(f"the batch never reached {size} requests")
+
+
 def test_decisions_defer_chunk_merge_and_filter(traced_async: TracedStack):
     """Three requests for a batch of at most 2: a long prompt cut into chunks, one that waits (defer) and
     joins the running batch later (merge), and finished requests filtered out."""
     parents = [random_traceparent() for _ in range(3)]
-    jobs = [(LONG_PROMPT, 40, 0.0), ("a short one", 60, 0.02), ("another short one", 8, 0.04)]
+    jobs = [(LONG_PROMPT, 100, 0.0), ("a short one", 120, 0.02), ("another short one", 8, None)]
     responses: list[httpx.Response | None] = [None] * 3
 
     def run(index: int) -> None:
         inputs, max_new_tokens, delay = jobs[index]
-        time.sleep(delay)
+        if delay is None:  # the third comes once both others run (however fast or slow this machine is)
+            _wait_for_batch_size(traced_async.url, 2)
+        else:
+            time.sleep(delay)
         responses[index] = _generate(traced_async.url, parents[index][0], inputs, max_new_tokens)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]

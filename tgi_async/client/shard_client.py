@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -11,7 +12,7 @@ import grpc.aio
 
 from tgi_async.client import convert
 from tgi_async.client.types import CachedBatch, NewBatch, ShardInfo, StepResult, WarmupResult
-from tgi_async.proto import ShardStub, pb
+from tgi_async.proto import ShardStub, call_order, pb
 from tgi_async.proto.call_order import CallNumbers
 from tgi_async.telemetry.grpc_tracing import client_interceptors
 
@@ -77,7 +78,10 @@ class ShardClient:
         return await self._finish(method, getattr(self._stub, method)(request), _same)
 
     async def info(self) -> ShardInfo:
-        return convert.shard_info_from_pb(await self._call("Info", pb.InfoRequest()))
+        call = self._stub.Info(pb.InfoRequest())
+        info = convert.shard_info_from_pb(await self._finish("Info", call, _same))
+        ordered = call_order.announces_ordering(await call.initial_metadata())
+        return dataclasses.replace(info, orders_calls=ordered)
 
     async def health(self) -> None:
         await self._call("Health", pb.HealthRequest())

@@ -18,6 +18,7 @@ class ShardInfo:
     use_prefix_caching: bool
     attention_impl: str
     block_size: int
+    orders_calls: bool = False  # starts numbered calls in order (proto/call_order.py); TGI's shards do not
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,9 @@
 gRPC orders nothing across RPCs: two calls that reach an idle server together may start in either order, and a
 router that queues the next step before the previous one returns (the async scheduler) depends on that order.
 Each call that reads or changes the shard's batches carries `x-tgi-async-call: <router instance>/<number>`;
-shards that know the header (the bundled one) start the calls of an instance in number order. Others (TGI's
-shards) ignore it: metadata they do not read changes nothing for them.
+shards that know the header (the bundled one) start the calls of an instance in number order, and say so in
+the initial metadata of their Info answer (`x-tgi-async-ordered-calls: 1`). Others (TGI's shards) ignore it:
+metadata they do not read changes nothing for them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import secrets
 from collections.abc import Sequence
 
 METADATA_KEY = "x-tgi-async-call"
+ORDERED_KEY = "x-tgi-async-ordered-calls"
 
 
 class CallNumbers:
@@ -36,3 +38,8 @@ def parse(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str, int]
         instance, _, number = text.rpartition("/")
         return (instance, int(number)) if instance and number.isdigit() else None
     return None
+
+
+def announces_ordering(metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+    """Whether a shard's Info answer (its initial metadata) says it starts numbered calls in order."""
+    return any(key == ORDERED_KEY for key, _ in metadata or ())

@@ -33,6 +33,10 @@ from tgi_async.scheduler.request import InferError, InferEvent
 logger = logging.getLogger(__name__)
 
 DEPTH = 2  # Decode calls queued at the shard: one running, one waiting behind it
+# NOTE: a shard that does not order numbered calls (TGI's) starts them as gRPC hands them over: in arrival
+# order, except for two calls reaching an idle shard together. So a call sent into an idle pipeline gets this
+# long to start (an idle shard starts a call within microseconds) before another is queued behind it.
+DISPATCH_GRACE_S = 0.002
 
 
 @dataclass(slots=True)
@@ -41,6 +45,7 @@ class _InFlight:
     batches: list[CachedBatch]  # what was sent: the decode batch first, then batches merged into it
     entries: list[Entry]
     new_batch: NewBatch | None = None  # a Prefill's new requests (their entries are in `entries` too)
+    idle_start_at: float | None = None  # sent while no call was running at the shard: when (loop time)
 
     @property
     def batch_id(self) -> int:
@@ -160,7 +165,10 @@ class AsyncScheduler(SchedulerCore):
             decision = plan_decode(self._views(), len(pending), DEPTH, waiting_to_join, threshold)
             self.state.tracer.decode_decision(decision, len(pending))
             if decision.action == "decode":
-                pending.append(self._send_decode())
+                if grace := self._dispatch_grace(pending):
+                    await asyncio.wait({pending[-1].task}, timeout=grace)
+                    continue
+                pending.append(self._send_decode(into_idle=all(c.task.done() for c in pending)))
                 continue
             # Only now, with the next call on its way to the shard, the last step's tokens wake the streams.
             # NOTE: one turn of the loop first: the call tasks just created start their RPCs, and grpc.aio
@@ -188,7 +196,14 @@ class AsyncScheduler(SchedulerCore):
             entry.publish(events)
         self.unpublished.clear()
 
-    def _send_decode(self) -> _InFlight:
+    def _dispatch_grace(self, pending: deque[_InFlight]) -> float:
+        """Seconds to wait before queueing a call behind `pending` (see DISPATCH_GRACE_S); 0: now."""
+        last = pending[-1] if pending else None
+        if self.info.orders_calls or last is None or last.idle_start_at is None or last.task.done():
+            return 0.0
+        return max(0.0, last.idle_start_at + DISPATCH_GRACE_S - asyncio.get_running_loop().time())
+
+    def _send_decode(self, into_idle: bool) -> _InFlight:
         """Queue the next step at the shard: a Prefill carrying the next admitted prompt chunk beside the
         running decodes (chunking shards), else a Decode of the running batch and any prefilled ones."""
         running = self.state.running
@@ -218,7 +233,8 @@ class AsyncScheduler(SchedulerCore):
         if len(batches) > 1 or (new_batch is not None and batches):
             metrics.BATCH_CONCAT.labels(reason="async_merge").inc()
         task = asyncio.create_task(self.steps.call(method, start_call))
-        return _InFlight(task, batches, entries, new_batch)
+        sent_at = asyncio.get_running_loop().time() if into_idle else None
+        return _InFlight(task, batches, entries, new_batch, sent_at)
 
     async def _receive(self, pending: deque[_InFlight]) -> None:
         call = pending.popleft()

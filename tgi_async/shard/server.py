@@ -61,6 +61,7 @@ class ShardService:
         return pb.HealthResponse()
 
     async def Info(self, request: pb.InfoRequest, context) -> pb.InfoResponse:
+        await context.send_initial_metadata(((call_order.ORDERED_KEY, "1"),))
         return self.engine.info()
 
     async def ServiceDiscovery(self, request, context) -> pb.ServiceDiscoveryResponse:
