@@ -24,7 +24,7 @@ MAX_BYTES = 256 << 20  # larger copies are not made: the step gathers from the p
 class DecodeContext:
     request_ids: tuple[int, ...]  # the decoding requests, in step order
     lens: list[int]  # tokens of each one's context held here
-    keys: list[torch.Tensor]  # per layer `[B, capacity, kv_heads, head_dim]` (zeros past each context)
+    keys: list[torch.Tensor]  # per layer `[B, capacity, kv_heads, head_dim]` (finite, masked past a context)
     values: list[torch.Tensor]
     filled: list[bool]  # per layer: copied from the paged cache (a new context is, by its first step)
     positions: torch.Tensor  # `[B]` column of this step's new token (= lens before the step)
