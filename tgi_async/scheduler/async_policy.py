@@ -164,10 +164,8 @@ class AsyncScheduler(SchedulerCore):
             threshold = self._filter_threshold()
             decision = plan_decode(self._views(), len(pending), DEPTH, waiting_to_join, threshold)
             self.state.tracer.decode_decision(decision, len(pending))
-            if decision.action == "decode":
-                if grace := self._dispatch_grace(pending):
-                    await asyncio.wait({pending[-1].task}, timeout=grace)
-                    continue
+            grace = self._dispatch_grace(pending) if decision.action == "decode" else 0.0
+            if decision.action == "decode" and not grace:
                 pending.append(self._send_decode(into_idle=all(c.task.done() for c in pending)))
                 continue
             # Only now, with the next call on its way to the shard, the last step's tokens wake the streams.
@@ -177,6 +175,9 @@ class AsyncScheduler(SchedulerCore):
                 await asyncio.sleep(0)
                 self._publish()
                 continue  # things may have changed during that turn: decide again
+            if decision.action == "decode":  # the call sent into an idle pipeline still has time to start
+                await asyncio.wait({pending[-1].task}, timeout=grace)
+                continue
             if decision.action == "filter":
                 await self._filter(decision.remove)
                 continue
