@@ -158,14 +158,16 @@ class ShardService:
         """Check, then run one step of `batch` in place of `replaced`; answer with generations and timings."""
         batch.check_next_step()
         result, cached_batch = self._commit_and_step(replaced, batch)
-        return response_cls(
+        response = response_cls(
             generations=result.generations,
             batch=cached_batch,
             forward_ns=result.forward_ns,
             decode_ns=result.decode_ns,
-            total_ns=time.perf_counter_ns() - start,
             concat_ns=concat_ns,
         )
+        # NOTE: last, so the handler's whole time counts, building its answer included (as TGI's does).
+        response.total_ns = time.perf_counter_ns() - start
+        return response
 
     def _commit_and_step(self, replaced: Sequence[int], batch: ShardBatch):
         """Put `batch` in place of the batches `replaced` and run its step; drop it if the step fails or if
