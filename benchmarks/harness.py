@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import httpx
 
+from benchmarks.sse_client import SSEClient
 from tgi_async.launcher.processes import ChildProcess, start_bundled_shard, start_router
 from tgi_async.tiny_model import cached_tiny_model
 
@@ -74,38 +74,25 @@ class Stream:
         return [b - a for a, b in itertools.pairwise(times) if start <= a and b <= end]
 
 
-async def stream(
-    session: aiohttp.ClientSession, url: str, prompt: str, max_new_tokens: int, record: Stream | None = None
-) -> Stream:
-    """Stream one request; token events are timed as they arrive (no JSON decoding on the hot path).
+async def stream(client: SSEClient, prompt: str, max_new_tokens: int, record: Stream | None = None) -> Stream:
+    """Stream one /generate_stream request; token events are timed as they arrive (no JSON decoding).
 
     Pass `record` to keep the timings of a stream that will be cancelled.
     """
     body = {"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens}}
     record = record or Stream(sent=0.0)
+
+    def on_event(arrived: float, event: bytes) -> None:
+        if event.startswith(b'data: {"error"'):
+            record.error = event.decode()
+        elif event.startswith(b"data:"):
+            record.token_times.append(arrived)
+
     record.sent = time.perf_counter()
-    async with session.post(f"{url}/generate_stream", json=body) as response:
-        # NOTE: whole chunks split into events, not line by line: the load generator shares a core with the
-        # router, and every microsecond it spends per event is taken from the system under test.
-        pending = b""
-        async for chunk in response.content.iter_any():
-            arrived = time.perf_counter()
-            *events, pending = (pending + chunk).split(b"\n\n")
-            for event in events:
-                if event.startswith(b"data:"):
-                    if event.startswith(b'data: {"error"'):
-                        record.error = event.decode()
-                        return record
-                    record.token_times.append(arrived)
+    status = await client.post("/generate_stream", body, on_event)
+    if status != 200 and record.error is None:
+        record.error = f"HTTP {status}"
     return record
-
-
-def client_session(connections: int) -> aiohttp.ClientSession:
-    """The load generator's HTTP client: aiohttp, lighter per event than httpx, so it leaves the CPU to the
-    router it shares a core with."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections), timeout=aiohttp.ClientTimeout(total=600)
-    )
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -13,7 +13,6 @@ import asyncio
 import time
 
 from benchmarks.harness import (
-    client_session,
     cpu_seconds,
     pin_this_process,
     router_process,
@@ -21,16 +20,15 @@ from benchmarks.harness import (
     stream,
     tiny_model,
 )
+from benchmarks.sse_client import SSEClient
 
 
 async def measure(url: str, pid: int, streams: int, new_tokens: int) -> tuple[int, float, float]:
-    async with client_session(streams + 8) as client:
+    async with SSEClient(url) as client:
+        await client.open(streams)
         cpu_before, start = cpu_seconds(pid), time.perf_counter()
         results = await asyncio.gather(
-            *(
-                stream(client, url, f"stream {i} of the router cpu benchmark", new_tokens)
-                for i in range(streams)
-            )
+            *(stream(client, f"stream {i} of the router cpu benchmark", new_tokens) for i in range(streams))
         )
         wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu_before
     return sum(len(r.token_times) for r in results), cpu, wall
