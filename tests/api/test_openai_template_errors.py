@@ -6,17 +6,14 @@ that reached one would answer 500 and fail the test.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from openai import OpenAI, UnprocessableEntityError
 
+from tests.api.local_server import serve
 from tgi_async.api.app import create_app
 from tgi_async.api.config import ApiConfig
 
@@ -26,22 +23,9 @@ RAISING = (
 )
 
 
-def serve(tokenizer: object) -> Iterator[str]:
+def serve_api(tokenizer: object) -> Iterator[str]:
     config = ApiConfig(model_id="tiny", max_input_tokens=1000, max_total_tokens=2048)
-    app = create_app(config, scheduler=None, tokenizer=tokenizer)  # type: ignore[arg-type]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    yield from serve(create_app(config, scheduler=None, tokenizer=tokenizer))  # type: ignore[arg-type]
 
 
 def tokenizer_with_template(model_dir: Path, template: str | None):
@@ -54,12 +38,12 @@ def tokenizer_with_template(model_dir: Path, template: str | None):
 
 @pytest.fixture(scope="module")
 def no_template_url(tiny_model_dir: Path) -> Iterator[str]:
-    yield from serve(tokenizer_with_template(tiny_model_dir, None))
+    yield from serve_api(tokenizer_with_template(tiny_model_dir, None))
 
 
 @pytest.fixture(scope="module")
 def raising_url(tiny_model_dir: Path) -> Iterator[str]:
-    yield from serve(tokenizer_with_template(tiny_model_dir, RAISING))
+    yield from serve_api(tokenizer_with_template(tiny_model_dir, RAISING))
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat_tokenize", "/invocations"])

@@ -13,7 +13,7 @@ from tgi_async.api.body import read_json
 from tgi_async.api.errors import JSON_HEADERS, error_response
 from tgi_async.api.generation import generate_response, stream_responses
 from tgi_async.api.routes.common import json_response, serving, sse_bytes, until_disconnect
-from tgi_async.api.sse import sse_response
+from tgi_async.api.sse import SSEResponse
 from tgi_async.scheduler.request import InferError
 
 router = APIRouter()
@@ -42,7 +42,7 @@ async def _generate(request: Request, body: p.GenerateRequest, as_list: bool = F
 
 def _stream(request: Request, body: p.GenerateRequest) -> Response:
     headers, items = stream_responses(serving(request), body)
-    return sse_response(sse_bytes(items), headers)
+    return SSEResponse(sse_bytes(items), headers)
 
 
 @router.post(

@@ -52,7 +52,7 @@ from tgi_async.api.openai_protocol import (
 )
 from tgi_async.api.routes.common import until_disconnect
 from tgi_async.api.serving import Serving, aclose
-from tgi_async.api.sse import sse_data, sse_event, sse_response
+from tgi_async.api.sse import SSEResponse, sse_data, sse_event
 from tgi_async.scheduler.request import InferError
 
 router = APIRouter()
@@ -148,7 +148,7 @@ async def chat_completions(request: Request) -> Response:
     if chat.stream:
         headers, items = stream_responses(serving, generate)
         events = _chat_events(items, model, fingerprint, logprobs, chat.stream_options.include_usage)
-        return sse_response(events, headers)
+        return SSEResponse(events, headers)
     result = await until_disconnect(request, generate_response(serving, generate))
     if isinstance(result, Response):
         return result
@@ -248,7 +248,7 @@ async def completions(request: Request) -> Response:
             "x-accel-buffering": "no",
         }
         events = _completion_events([items for _, items in streams], config.model_id, fingerprint)
-        return sse_response(events, headers)
+        return SSEResponse(events, headers)
     results = await until_disconnect(request, _generate_all(serving, requests))
     if isinstance(results, Response):
         return results
