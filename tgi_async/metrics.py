@@ -25,6 +25,8 @@ Who updates what:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import threading
 import time
@@ -188,6 +190,9 @@ class Gauge(_Metric):
 
 
 class _HistogramValue:
+    """Observations per bucket (the first bound >= the value; none past the last): a binary search per
+    observation, the cumulative `le` counts are summed when rendered."""
+
     __slots__ = ("bounds", "count", "counts", "lock", "sum")
 
     def __init__(self, bounds: tuple[float, ...]):
@@ -198,12 +203,15 @@ class _HistogramValue:
         self.lock = threading.Lock()
 
     def observe(self, value: float) -> None:
+        i = len(self.counts) if math.isnan(value) else bisect.bisect_left(self.bounds, value)
         with self.lock:
-            for i, bound in enumerate(self.bounds):
-                if value <= bound:
-                    self.counts[i] += 1
+            if i < len(self.counts):
+                self.counts[i] += 1
             self.count += 1
             self.sum += value
+
+    def cumulative(self) -> list[int]:
+        return list(itertools.accumulate(self.counts))
 
 
 class Histogram(_Metric):
@@ -226,7 +234,7 @@ class Histogram(_Metric):
 
     def _render_child(self, values, child) -> list[str]:
         lines = []
-        for bound, count in zip(child.bounds, child.counts, strict=True):
+        for bound, count in zip(child.bounds, child.cumulative(), strict=True):
             le = 'le="' + rust_f64(bound) + '"'
             lines.append(f"{self.name}_bucket{self._label_text(values, le)} {count}")
         inf = 'le="+Inf"'

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -94,6 +96,12 @@ def test_histogram_layout_and_buckets():
     assert lines[-2] == 'tgi_batch_forward_duration_sum{method="decode"} 1.0002'
     assert lines[-1] == 'tgi_batch_forward_duration_count{method="decode"} 2'
     assert len(metrics.duration_buckets()) == 35
+
+    edges = registry.add(Histogram("edges", "x", (), (1.0, 2.0, 4.0)))
+    for value in (1.0, 1.5, 4.0, 9.0, math.nan):  # a bound counts in its own bucket; past the last: +Inf
+        edges.observe(value)
+    buckets = [line.rsplit(" ", 1)[1] for line in registry.render().splitlines() if "edges_bucket" in line]
+    assert buckets == ["1", "2", "3", "5"]
     assert metrics.linear_buckets(4096)[:2] == (40.96, 81.92) and len(metrics.linear_buckets(4096)) == 100
     families = list(text_string_to_metric_families(registry.render()))
     assert families[0].type == "histogram"
