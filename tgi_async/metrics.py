@@ -381,9 +381,10 @@ REQUEST_SKIPPED_TOKENS = REGISTRY.add(Summary("tgi_request_skipped_tokens", "Spe
 # Seconds the shards spent inside step handlers (their total_ns), summed: busy fraction = rate / wall time.
 # A gauge so fractions of a second survive rendering (counters render as integers).
 SHARD_BUSY_SECONDS = _gauge("tgi_async_shard_busy_seconds", "Seconds shards spent in Prefill/Decode handlers")
-# Pipelined Decode calls that found their batch gone because every request in it finished one step earlier.
+# Pipelined calls (steps, queued filters) that found their batch gone: every request in it finished a step
+# earlier.
 VANISHED_BATCH_CALLS = _counter(
-    "tgi_async_vanished_batch_calls", "Pipelined Decode calls that met a batch the shard had dropped"
+    "tgi_async_vanished_batch_calls", "Pipelined calls that met a batch the shard had dropped"
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tgi_async.scheduler.decode_plan import RequestView, plan_decode
 
 
@@ -22,6 +24,19 @@ def test_a_request_at_its_length_limit_is_never_sent_again() -> None:
     assert drain.action == "drain" and drain.remove == (0,) and drain.reason == "length_limit"
     now = plan_decode(batch, in_flight=0, depth=2, has_ready=False, filter_threshold=8)
     assert now.action == "filter" and now.remove == (0,)
+
+
+def test_shards_that_order_calls_filter_behind_the_calls_in_flight() -> None:
+    batch = views((0, 10, 10, True), (1, 2, 10, True), (2, 5, 10, False))
+    queued = plan_decode(batch, in_flight=2, depth=2, has_ready=False, filter_threshold=1, ordered=True)
+    assert queued.action == "filter" and queued.remove == (0, 2) and queued.reason == "length_limit"
+    unordered = plan_decode(batch, in_flight=2, depth=2, has_ready=False, filter_threshold=1, ordered=False)
+    assert unordered.action == "drain"
+    # a request still in its prompt may be counting a chunk in flight as a token: only the answers tell
+    prompt = views((0, 2, 2, True), (1, 2, 10, True))
+    prompt = [replace(prompt[0], decoding=False), prompt[1]]
+    unsure = plan_decode(prompt, in_flight=2, depth=2, has_ready=False, filter_threshold=1, ordered=True)
+    assert unsure.action == "drain" and unsure.remove == (0,)
 
 
 def test_finished_requests_wait_for_the_threshold() -> None:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.scheduler.simulated_shard import SimulatedShard
+from tgi_async import metrics
 from tgi_async.scheduler.config import SchedulerConfig
 from tgi_async.scheduler.factory import create_scheduler
 from tgi_async.scheduler.request import (
@@ -125,3 +126,18 @@ def test_no_request_lost_duplicated_or_overflowing(
     requests: list[Spec], policy: str, shard_kind: str, jitter_seed: int | None
 ):
     asyncio.run(run(policy, shard_kind, requests, jitter_seed))
+
+
+def vanished_calls() -> int:
+    rendered = metrics.VANISHED_BATCH_CALLS.render().strip().splitlines()
+    return int(rendered[-1].rsplit(" ", 1)[1]) if rendered and not rendered[-1].startswith("#") else 0
+
+
+def test_a_filter_queued_behind_the_step_that_ends_its_batch_meets_no_batch():
+    """Two requests reach their length limit at step 3 while a third is expected to go on; the filter keeping
+    the third queues behind that step, but the third ends there too (EOS): the shard drops the batch, the
+    filter meets no batch, and that is expected: every request ends normally, every block comes back."""
+    requests = [Spec(4, 3, None, None, 0), Spec(4, 3, None, None, 0), Spec(4, 10, 3, None, 0)]
+    before = vanished_calls()
+    asyncio.run(run("async", "blocks", requests))
+    assert vanished_calls() > before

@@ -38,6 +38,11 @@ class ShardError(Exception):
         self.code = code
         self.details = details
 
+    @property
+    def not_found(self) -> bool:
+        """The shard does not hold a batch the call named (TGI's shards say so in INTERNAL's text)."""
+        return self.code == grpc.StatusCode.NOT_FOUND or "not found" in self.details.lower()
+
 
 def uds_target(path_or_url: str) -> str:
     return path_or_url if path_or_url.startswith("unix:") else f"unix://{path_or_url}"

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-
-import grpc
 
 from tgi_async import metrics
 from tgi_async.client.shard_client import ShardError
@@ -29,6 +27,7 @@ from tgi_async.scheduler.core import SchedulerCore
 from tgi_async.scheduler.decode_plan import RequestView, plan_decode
 from tgi_async.scheduler.entry import Entry
 from tgi_async.scheduler.request import InferError, InferEvent
+from tgi_async.scheduler.steps import FilterCall
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +60,19 @@ class _InFlight:
 
     def request_ids(self) -> list[int]:
         return [i for b in self.batches for i in b.request_ids] + sorted(self.new_ids)
+
+
+@dataclass(slots=True)
+class _FilterInFlight:
+    """A FilterBatch queued behind the steps in flight (shards that order calls); accounted for in order."""
+
+    call: FilterCall
+    unfinished: list[Entry]  # removed at their length limit: the steps in flight must end them
+    entries: tuple[Entry, ...] = ()  # no step tokens ride on a filter
+
+    @property
+    def task(self) -> asyncio.Future[CachedBatch | None]:
+        return self.call.task
 
 
 class AsyncScheduler(SchedulerCore):
@@ -148,7 +160,8 @@ class AsyncScheduler(SchedulerCore):
             if entry is None:
                 continue
             projected = entry.tokens_received + entry.tokens_in_flight
-            views.append(RequestView(request_id, projected, entry.max_new_tokens, entry.live))
+            decoding = entry.tokens_received > 0
+            views.append(RequestView(request_id, projected, entry.max_new_tokens, entry.live, decoding))
         return views
 
     def _filter_threshold(self) -> int:
@@ -158,12 +171,21 @@ class AsyncScheduler(SchedulerCore):
         return 1 if self.state.waiting else max(1, size // 8)
 
     async def _decode_loop(self) -> None:
-        pending: deque[_InFlight] = deque()
+        pending: deque[_InFlight | _FilterInFlight] = deque()
         while True:
             waiting_to_join = bool(self.ready or self.prefills)
             threshold = self._filter_threshold()
-            decision = plan_decode(self._views(), len(pending), DEPTH, waiting_to_join, threshold)
-            self.state.tracer.decode_decision(decision, len(pending))
+            steps = sum(1 for c in pending if isinstance(c, _InFlight))
+            decision = plan_decode(
+                self._views(),
+                steps,
+                DEPTH,
+                waiting_to_join,
+                threshold,
+                ordered=self.info.orders_calls,
+                filters_in_flight=len(pending) - steps,
+            )
+            self.state.tracer.decode_decision(decision, steps)
             grace = self._dispatch_grace(pending) if decision.action == "decode" else 0.0
             if decision.action == "decode" and not grace:
                 pending.append(self._send_decode(into_idle=all(c.task.done() for c in pending)))
@@ -179,7 +201,11 @@ class AsyncScheduler(SchedulerCore):
                 await asyncio.wait({pending[-1].task}, timeout=grace)
                 continue
             if decision.action == "filter":
-                await self._filter(decision.remove)
+                queued = self._send_filter(decision.remove)
+                if pending:  # ordered shards: it runs after the steps in flight; accounted for after them
+                    pending.append(queued)
+                else:
+                    await self._finish_filter(queued)
                 continue
             if not pending:
                 self.vanished.clear()  # no queued call can name a dropped batch any more
@@ -197,10 +223,15 @@ class AsyncScheduler(SchedulerCore):
             entry.publish(events)
         self.unpublished.clear()
 
-    def _dispatch_grace(self, pending: deque[_InFlight]) -> float:
+    def _dispatch_grace(self, pending: deque[_InFlight | _FilterInFlight]) -> float:
         """Seconds to wait before queueing a call behind `pending` (see DISPATCH_GRACE_S); 0: now."""
         last = pending[-1] if pending else None
-        if self.info.orders_calls or last is None or last.idle_start_at is None or last.task.done():
+        if (
+            self.info.orders_calls
+            or not isinstance(last, _InFlight)
+            or last.idle_start_at is None
+            or last.task.done()
+        ):
             return 0.0
         return max(0.0, last.idle_start_at + DISPATCH_GRACE_S - asyncio.get_running_loop().time())
 
@@ -237,8 +268,11 @@ class AsyncScheduler(SchedulerCore):
         sent_at = asyncio.get_running_loop().time() if into_idle else None
         return _InFlight(task, batches, entries, new_batch, sent_at)
 
-    async def _receive(self, pending: deque[_InFlight]) -> None:
+    async def _receive(self, pending: deque[_InFlight | _FilterInFlight]) -> None:
         call = pending.popleft()
+        if isinstance(call, _FilterInFlight):
+            await self._finish_filter(call)
+            return
         try:
             result = await call.task
         except ShardError as exc:
@@ -262,9 +296,10 @@ class AsyncScheduler(SchedulerCore):
                     self.state.release(entry.id)
             self.wakeup.set()
 
-    async def _call_failed(self, call: _InFlight, exc: ShardError, pending: deque[_InFlight]) -> None:
-        not_found = exc.code == grpc.StatusCode.NOT_FOUND or "not found" in exc.details.lower()
-        if not_found and call.batches and call.batches[0].id in self.vanished:
+    async def _call_failed(
+        self, call: _InFlight, exc: ShardError, pending: deque[_InFlight | _FilterInFlight]
+    ) -> None:
+        if exc.not_found and call.batches and call.batches[0].id in self.vanished:
             # The batch vanished one step earlier (all its requests finished): expected with a pipeline.
             # The shards check every batch before changing any, so what rode along is intact: send it again.
             metrics.VANISHED_BATCH_CALLS.inc()
@@ -285,6 +320,8 @@ class AsyncScheduler(SchedulerCore):
                 await other.task
             except ShardError:
                 pass
+            if isinstance(other, _FilterInFlight):
+                other.call.span.done(None)
             for entry in other.entries:
                 entry.tokens_in_flight -= 1
         error = InferError(exc.details or str(exc), "generation")
@@ -292,14 +329,32 @@ class AsyncScheduler(SchedulerCore):
         self.decode_batch = None
         self.wakeup.set()
 
-    async def _filter(self, remove: tuple[int, ...]) -> None:
+    def _send_filter(self, remove: tuple[int, ...]) -> _FilterInFlight:
+        """FilterBatch the decode batch down to all but `remove`; the loop plans with the rest from now on."""
         batch = self.decode_batch
         assert batch is not None
         gone = set(remove)
+        keep = [i for i in batch.request_ids if i not in gone]
         # A request taken out at its length limit without the shard reporting an end would leave its client
         # hanging: it ends with an error instead (after the filter, so its trace still says why it left).
         unfinished = [e for i in remove if (e := self.state.running.get(i)) is not None and e.live]
-        self.decode_batch = await self.steps.keep_only(batch, [i for i in batch.request_ids if i not in gone])
-        for entry in unfinished:
+        call = self.steps.start_filter(batch, keep)
+        # NOTE: the shard keeps the batch's id; its capacity (max_tokens) is corrected when the answer comes.
+        self.decode_batch = replace(batch, request_ids=tuple(keep), size=len(keep)) if keep else None
+        return _FilterInFlight(call, unfinished)
+
+    async def _finish_filter(self, queued: _FilterInFlight) -> None:
+        batch = queued.call.batch
+        answer = await self.steps.finish_filter(queued.call, batch_gone=batch.id in self.vanished)
+        current = self.decode_batch
+        if current is not None and current.id == batch.id:
+            if answer is None:
+                self.decode_batch = None  # the filter failed (its requests failed with it) or met no batch
+            elif current.request_ids == answer.request_ids:
+                self.decode_batch = answer
+            else:  # a prompt joined the batch since: keep its requests, take the capacity the filter freed
+                freed = batch.max_tokens - answer.max_tokens
+                self.decode_batch = replace(current, max_tokens=max(current.max_tokens - freed, 0))
+        for entry in queued.unfinished:
             entry.fail(InferError("Incomplete generation", "incomplete_generation"))
         self.wakeup.set()  # freed blocks may admit queued requests

@@ -5,9 +5,11 @@ Shared by the `sync` and `async` policies; the loops decide *when*, this file do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
@@ -18,9 +20,20 @@ from tgi_async.client.types import CachedBatch, NewBatch, StepResult
 from tgi_async.scheduler.entry import Entry
 from tgi_async.scheduler.request import InferError, InferEvent
 from tgi_async.scheduler.state import SchedulerState
+from tgi_async.telemetry.scheduler import FilterHandle
 
 logger = logging.getLogger(__name__)
 Method = Literal["prefill", "decode"]
+
+
+@dataclass(slots=True)
+class FilterCall:
+    """A FilterBatch (or ClearCache, when `keep` is empty) sent to the shards and not yet accounted for."""
+
+    batch: CachedBatch
+    keep: tuple[int, ...]
+    task: asyncio.Future[CachedBatch | None]
+    span: FilterHandle
 
 
 class StepRunner:
@@ -125,20 +138,42 @@ class StepRunner:
 
         Returns the new batch, or None when nothing is left; a failing call fails the batch's requests.
         """
-        filtering = self.state.tracer.filtering(batch, keep=keep)
+        return await self.finish_filter(self.start_filter(batch, keep))
+
+    def start_filter(self, batch: CachedBatch, keep: Sequence[int]) -> FilterCall:
+        """Send FilterBatch (ClearCache when `keep` is empty); `finish_filter` does the bookkeeping.
+
+        NOTE: the RPC starts in a task of its own, like every step call (`call`): calls reach the shards in
+        the order their tasks were created, so a filter queued behind a step sent just before runs after it.
+        """
+        span = self.state.tracer.filtering(batch, keep=keep)
+        task = span.start(self._filter_rpc(batch.id, tuple(keep)))
+        return FilterCall(batch, tuple(keep), task, span)
+
+    async def _filter_rpc(self, batch_id: int, keep: tuple[int, ...]) -> CachedBatch | None:
+        if keep:
+            return await self.client.filter_batch(batch_id, list(keep))
+        await self.client.clear_cache(batch_id)
+        return None
+
+    async def finish_filter(self, call: FilterCall, batch_gone: bool = False) -> CachedBatch | None:
+        """Await a sent filter, then free the removed requests' KV blocks. `batch_gone`: the shard dropped
+        the batch before the filter ran (every request finished): its NOT_FOUND is expected."""
+        batch = call.batch
         try:
-            if keep:
-                new_batch = await self.client.filter_batch(batch.id, keep)
-            else:
-                await self.client.clear_cache(batch.id)
-                new_batch = None
+            new_batch = await call.task
         except ShardError as exc:
+            call.span.done(None)
+            if batch_gone and exc.not_found:
+                metrics.VANISHED_BATCH_CALLS.inc()
+                for request_id in batch.request_ids:
+                    self.state.release(request_id)
+                return None
             logger.error("filter failed: %s", exc, extra={"batch_id": batch.id})
-            filtering.done(None)
             await self.fail([batch.id], list(batch.request_ids), InferError(exc.details or str(exc)))
             return None
-        filtering.done(new_batch)
-        kept = set(keep)
+        call.span.done(new_batch)
+        kept = set(call.keep)
         for request_id in batch.request_ids:
             if request_id in kept:
                 continue

@@ -16,9 +16,10 @@ Hook points (one line each):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Coroutine, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tgi_async.telemetry import setup
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from tgi_async.scheduler.admission import AdmissionPlan, Budget
     from tgi_async.scheduler.decode_plan import DecodeDecision
     from tgi_async.scheduler.entry import Entry
+
+T = TypeVar("T")
 
 
 class StepHandle:
@@ -46,6 +49,10 @@ class StepHandle:
 
 class FilterHandle:
     __slots__ = ()
+
+    def start(self, rpc: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run the filter's RPC in a task of its own (inside the filter's trace context when traced)."""
+        return asyncio.ensure_future(rpc)
 
     def done(self, new_batch: CachedBatch | None) -> None:
         """FilterBatch / ClearCache answered (or failed and was handled)."""

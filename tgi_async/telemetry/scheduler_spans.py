@@ -10,10 +10,11 @@ and where it finished.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from tgi_async.scheduler.entry import Entry
     from tgi_async.scheduler.state import SchedulerState
 
+T = TypeVar("T")
 MAX_PENDING_BATCHES = 64  # admitted batches whose prefill has not started yet (normally 0 or 1)
 
 
@@ -258,21 +260,10 @@ class ActiveSchedulerTracer(SchedulerTracer):
         if remove is None:
             kept = set(keep or ())
             remove = [i for i in batch.request_ids if i not in kept]
-        groups: dict[str, list[int]] = {"finished": [], "disconnected": [], "length_limit": [], "failed": []}
+        groups = self._filter_groups(remove)
         links = []
         for request_id in remove:
-            entry = self.state.running.get(request_id)
             trace_ = self.requests.get(request_id)
-            if entry is None:
-                continue
-            if entry.cancelled and not entry.ended:
-                groups["disconnected"].append(request_id)
-            elif entry.live:
-                groups["length_limit"].append(request_id)
-            elif trace_ is not None and trace_.outcome == "finished":
-                groups["finished"].append(request_id)
-            else:
-                groups["failed"].append(request_id)
             if trace_ is not None and trace_.infer is not None:
                 links.append(Link(trace_.infer.get_span_context()))
         now = time.time_ns()
@@ -287,10 +278,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
                 a.BATCH_ID: batch.id,
                 a.BATCH_SIZE: batch.size,
                 a.FILTER_REMOVED_IDS: tuple(remove),
-                a.FILTER_FINISHED_IDS: tuple(groups["finished"]),
-                a.FILTER_DISCONNECTED_IDS: tuple(groups["disconnected"]),
-                a.FILTER_LENGTH_LIMIT_IDS: tuple(groups["length_limit"]),
-                a.FILTER_FAILED_IDS: tuple(groups["failed"]),
+                **groups,
                 a.FILTER_DRAINED_CALLS: self.drain_calls,
             },
         )
@@ -303,25 +291,60 @@ class ActiveSchedulerTracer(SchedulerTracer):
                 timestamp=self.drain_start,
             )
         self.drain_start, self.drain_calls, self.filter_reason = None, 0, None
-        return FilterTrace(self, span, batch.id, len(batch.request_ids) - len(remove))
+        return FilterTrace(self, span, batch.id, tuple(remove), len(batch.request_ids) - len(remove))
+
+    def _filter_groups(self, remove: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """The removed requests by why they leave, as span attributes."""
+        groups: dict[str, list[int]] = {"finished": [], "disconnected": [], "length_limit": [], "failed": []}
+        for request_id in remove:
+            entry = self.state.running.get(request_id)
+            trace_ = self.requests.get(request_id)
+            if entry is None:
+                continue
+            if entry.cancelled and not entry.ended:
+                groups["disconnected"].append(request_id)
+            elif entry.live:
+                groups["length_limit"].append(request_id)
+            elif trace_ is not None and trace_.outcome == "finished":
+                groups["finished"].append(request_id)
+            else:
+                groups["failed"].append(request_id)
+        return {
+            a.FILTER_FINISHED_IDS: tuple(groups["finished"]),
+            a.FILTER_DISCONNECTED_IDS: tuple(groups["disconnected"]),
+            a.FILTER_LENGTH_LIMIT_IDS: tuple(groups["length_limit"]),
+            a.FILTER_FAILED_IDS: tuple(groups["failed"]),
+        }
 
 
 class FilterTrace(FilterHandle):
-    __slots__ = ("batch_id", "kept", "owner", "span", "token")
+    __slots__ = ("batch_id", "ended", "kept", "owner", "removed", "span")
 
-    def __init__(self, owner: ActiveSchedulerTracer, span: Span, batch_id: int, kept: int) -> None:
+    def __init__(
+        self, owner: ActiveSchedulerTracer, span: Span, batch_id: int, removed: tuple[int, ...], kept: int
+    ) -> None:
         self.owner = owner
         self.span = span
         self.batch_id = batch_id
+        self.removed = removed
         self.kept = kept
-        self.token = otel_context.attach(trace.set_span_in_context(span))
+        self.ended = False
+
+    def start(self, rpc: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        token = otel_context.attach(trace.set_span_in_context(self.span))
+        try:
+            return asyncio.ensure_future(rpc)  # the task copies the context: its RPC span is this one's child
+        finally:
+            otel_context.detach(token)
 
     @guarded()
     def done(self, new_batch: CachedBatch | None) -> None:
-        if self.token is None:
+        if self.ended:
             return
-        otel_context.detach(self.token)
-        self.token = None
+        self.ended = True
+        # NOTE: why they left, as of the answer: a filter queued behind steps in flight (shards that order
+        # calls) saw those steps end the requests it took out at their length limit.
+        self.span.set_attributes(self.owner._filter_groups(self.removed))
         self.span.set_attributes({a.FILTER_KEPT: self.kept, a.FILTER_CLEARED: new_batch is None})
         if new_batch is None:
             self.owner.lineages.pop(self.batch_id, None)
