@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from transformers import AutoTokenizer
 
@@ -33,6 +35,7 @@ from benchmarks.harness import (
 )
 from benchmarks.sse_client import SSEClient
 
+R = TypeVar("R")
 WORDS = "the batch decode prefill stream router shard queue kernel tensor cache block slot".split()
 
 
@@ -143,6 +146,17 @@ async def run(args: argparse.Namespace) -> None:
     report(decode, mixed_, args)
 
 
+def print_rounds(
+    columns: tuple[str, ...], results: dict[str, list[R]], cells: Callable[[R], tuple[str, ...]]
+):
+    """A markdown table with a row per round and policy (sync, then async)."""
+    print("| round | scheduler | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (len(columns) + 2))
+    for i, pair in enumerate(zip(results["sync"], results["async"], strict=True)):
+        for name, result in zip(("sync", "async"), pair, strict=True):
+            print(f"| {i + 1} | {name} | " + " | ".join(cells(result)) + " |")
+
+
 def report(
     decode: dict[str, list[DecodeResult]], mixed_: dict[str, list[MixedResult]], args: argparse.Namespace
 ) -> None:
@@ -152,14 +166,17 @@ def report(
             f"\n### decode-heavy: {args.streams} streams x {args.new_tokens} new tokens, "
             f"{args.rounds} rounds\n"
         )
-        print("| round | scheduler | tokens | wall s | tokens/s | shard busy fraction | shard CPU / wall |")
-        print("|---|---|---|---|---|---|---|")
-        for i, pair in enumerate(zip(decode["sync"], decode["async"], strict=True)):
-            for name, r in zip(("sync", "async"), pair, strict=True):
-                print(
-                    f"| {i + 1} | {name} | {r.tokens} | {r.wall:.2f} | {r.tokens_per_s:.0f} | "
-                    f"{r.busy_fraction:.3f} | {r.shard_cpu / r.wall:.2f} |"
-                )
+        print_rounds(
+            ("tokens", "wall s", "tokens/s", "shard busy fraction", "shard CPU / wall"),
+            decode,
+            lambda r: (
+                f"{r.tokens}",
+                f"{r.wall:.2f}",
+                f"{r.tokens_per_s:.0f}",
+                f"{r.busy_fraction:.3f}",
+                f"{r.shard_cpu / r.wall:.2f}",
+            ),
+        )
         s_tps = median([r.tokens_per_s for r in decode["sync"]])
         a_tps = median([r.tokens_per_s for r in decode["async"]])
         a_busy = median([r.busy_fraction for r in decode["async"]])
@@ -178,14 +195,11 @@ def report(
             f"\n### mixed: {args.mixed_streams} streams decoding, {args.arrivals} prompts of "
             f"{args.prompt_tokens} tokens every {args.interval_ms} ms, {args.rounds} rounds\n"
         )
-        print("| round | scheduler | ITL p50 ms | ITL p99 ms | TTFT p50 ms |")
-        print("|---|---|---|---|---|")
-        for i, pair in enumerate(zip(mixed_["sync"], mixed_["async"], strict=True)):
-            for name, r in zip(("sync", "async"), pair, strict=True):
-                print(
-                    f"| {i + 1} | {name} | {r.itl_p50 * 1e3:.1f} | {r.itl_p99 * 1e3:.1f} | "
-                    f"{r.ttft_p50 * 1e3:.1f} |"
-                )
+        print_rounds(
+            ("ITL p50 ms", "ITL p99 ms", "TTFT p50 ms"),
+            mixed_,
+            lambda r: (f"{r.itl_p50 * 1e3:.1f}", f"{r.itl_p99 * 1e3:.1f}", f"{r.ttft_p50 * 1e3:.1f}"),
+        )
         s_itl, a_itl = (median([r.itl_p99 for r in mixed_[p]]) for p in ("sync", "async"))
         s_ttft, a_ttft = (median([r.ttft_p50 for r in mixed_[p]]) for p in ("sync", "async"))
         print(

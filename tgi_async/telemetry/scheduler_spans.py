@@ -260,7 +260,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
         if remove is None:
             kept = set(keep or ())
             remove = [i for i in batch.request_ids if i not in kept]
-        groups = self._filter_groups(remove)
+        groups = self.filter_groups(remove)
         links = []
         for request_id in remove:
             trace_ = self.requests.get(request_id)
@@ -293,7 +293,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
         self.drain_start, self.drain_calls, self.filter_reason = None, 0, None
         return FilterTrace(self, span, batch.id, tuple(remove), len(batch.request_ids) - len(remove))
 
-    def _filter_groups(self, remove: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    def filter_groups(self, remove: Sequence[int]) -> dict[str, tuple[int, ...]]:
         """The removed requests by why they leave, as span attributes."""
         groups: dict[str, list[int]] = {"finished": [], "disconnected": [], "length_limit": [], "failed": []}
         for request_id in remove:
@@ -344,7 +344,7 @@ class FilterTrace(FilterHandle):
         self.ended = True
         # NOTE: why they left, as of the answer: a filter queued behind steps in flight (shards that order
         # calls) saw those steps end the requests it took out at their length limit.
-        self.span.set_attributes(self.owner._filter_groups(self.removed))
+        self.span.set_attributes(self.owner.filter_groups(self.removed))
         self.span.set_attributes({a.FILTER_KEPT: self.kept, a.FILTER_CLEARED: new_batch is None})
         if new_batch is None:
             self.owner.lineages.pop(self.batch_id, None)
