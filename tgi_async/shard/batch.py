@@ -21,14 +21,11 @@ from tgi_async.proto import pb
 from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.detokenize import IncrementalDetokenizer
 from tgi_async.shard.kv_cache import BLOCK_SIZE
+from tgi_async.shard.prompt import BatchError, prompt_ids
 from tgi_async.shard.sampling import BatchSampler, row_parameters
 from tgi_async.shard.stopping import StoppingCriteria
 
 logger = logging.getLogger(__name__)
-
-
-class BatchError(ValueError):
-    """Bad input from the router (gRPC INVALID_ARGUMENT); nothing was changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,27 +173,6 @@ class ShardBatch:
             table[i, : len(r.slots)] = torch.tensor(r.slots, dtype=torch.long)
         sampler = BatchSampler(rows, limits.device)
         return cls(id=message.id, requests=requests, sampler=sampler, slot_table=table.to(limits.device))
-
-
-def prompt_ids(request: pb.Request, tokenizer) -> list[int]:
-    """The prompt's token ids: the text chunks of `input_chunks` (images are ignored), `truncate` keeping the
-    last N tokens (0: all), special tokens as `add_special_tokens` says."""
-    texts = [chunk.text for chunk in request.input_chunks.chunks if chunk.WhichOneof("chunk") == "text"]
-    if not texts:
-        raise BatchError(f"request {request.id}: input_chunks has no text chunk")
-    if len(texts) > 1:
-        raise BatchError(f"request {request.id}: input_chunks has {len(texts)} text chunks, expected one")
-    truncate = request.truncate or None
-    encoded = tokenizer(
-        texts[0],
-        add_special_tokens=request.add_special_tokens,
-        truncation=truncate is not None,
-        max_length=truncate,
-    )
-    ids = list(encoded["input_ids"])
-    if not ids:
-        raise BatchError(f"request {request.id}: the prompt is empty after tokenization")
-    return ids
 
 
 def _request_state(request: pb.Request, tokenizer, limits: Limits, first_block: int | None) -> RequestState:

@@ -63,6 +63,33 @@ def add_parser(subparsers) -> None:
         default=None,
         help="torch intra-op threads (default: 1 on CPU for models under 50M parameters)",
     )
+    simulate = serve.add_argument_group(
+        "strict shard (no model)",
+        "--simulate PROFILE serves a shard with TGI v3.3.7's semantics and no model (tokens from a "
+        "deterministic stream, step times from PROFILE): SIMULATED, to test routers against TGI's contract",
+    )
+    simulate.add_argument("--simulate", metavar="PROFILE", default=None, help="a profile name or JSON path")
+    simulate.add_argument("--kind", choices=("flash", "padded"), default=None, help="default: the profile's")
+    simulate.add_argument("--block-size", type=int, default=None, help="flash: default the profile's")
+    simulate.add_argument("--eos-rate", type=float, default=0.0, help="chance that a generated token is EOS")
+    simulate.add_argument("--seed", type=int, default=0, help="seed of EOS and speculation draws")
+    simulate.add_argument("--time-scale", type=float, default=1.0, help="multiplies step durations (0: none)")
+    simulate.add_argument(
+        "--reorder-seed", type=int, default=None, help="start waiting calls in a seeded random order"
+    )
+    simulate.add_argument(
+        "--start-delay-ms", type=float, default=0.0, help="a call that finds the shard idle starts this late"
+    )
+    simulate.add_argument(
+        "--fault", action="append", default=[], metavar="N:KIND", help="step call N: fail|crash|hang|die"
+    )
+    simulate.add_argument("--fault-rate", type=float, default=0.0, help="chance each step call fails")
+    simulate.add_argument(
+        "--request-logprobs", action="store_true", help="flash: TGI's REQUEST_LOGPROBS=1 (prompt logprobs)"
+    )
+    simulate.add_argument(
+        "--prefix-caching", action=argparse.BooleanOptionalAction, default=None, help="default: the profile's"
+    )
     serve.set_defaults(func=run)
 
 
@@ -127,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
     from tgi_async.memory import freeze_startup_objects
 
     setup_logging(json_output=args.json_output, level=args.logger_level)
+    if args.simulate is not None:
+        return run_simulated(args)
     try:
         rank, world_size = check_supported(args, dict(os.environ))
         engine = load_engine(args)
@@ -142,6 +171,18 @@ def run(args: argparse.Namespace) -> int:
     freeze_startup_objects()
     event_loop.run(serve(engine, args.uds_path, rank, world_size, interceptors))
     return 0
+
+
+def run_simulated(args: argparse.Namespace) -> int:
+    from tgi_async import event_loop
+    from tgi_async.strict_shard.cli import build, serve_simulated
+
+    try:
+        shard, executor = build(args)
+    except (OSError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    return event_loop.run(serve_simulated(shard, executor, args.uds_path)) or 0
 
 
 if __name__ == "__main__":

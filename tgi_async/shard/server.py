@@ -207,7 +207,7 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT, then stop and remove the socket. `interceptors`: the tracing hook."""
     path = socket_path(uds_path, rank)
-    if _remove_socket(path):
+    if remove_socket(path):
         logger.warning("removed a stale socket", extra={"path": path})
     urls = [f"unix://{socket_path(uds_path, r)}" for r in range(world_size)]
     service = ShardService(engine, urls)
@@ -232,10 +232,10 @@ async def serve(
     finally:
         await server.stop(grace=0.2)
         service.executor.shutdown(wait=False, cancel_futures=True)
-        _remove_socket(path)
+        remove_socket(path)
 
 
-def _remove_socket(path: str) -> bool:
+def remove_socket(path: str) -> bool:
     try:
         os.unlink(path)
     except FileNotFoundError:
