@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from tgi_async.client.types import CachedBatch, Generation, StepResult, StepTimings
 from tgi_async.scheduler.admission import Admission, AdmissionPlan, Budget
 from tgi_async.scheduler.blocks import BlockAllocator
-from tgi_async.scheduler.decode_plan import DecodeDecision
+from tgi_async.scheduler.decode_plan import DecodePlan
 from tgi_async.scheduler.entry import Entry
 from tgi_async.scheduler.request import GenerateRequest, SamplingParameters, StoppingParameters, Token
 from tgi_async.telemetry import scheduler as hooks
@@ -69,15 +69,16 @@ def measure(batch: int, steps: int, pace_s: float) -> tuple[float, float]:
     tracer = hooks.scheduler_tracer(state)
     cached = _fill(tracer, state, batch)
     result = _result(cached)
-    decision = DecodeDecision("decode")
+    plan = DecodePlan("decode")
     setup.force_flush()
     loop = 0.0
     cpu0 = time.process_time()
     for _ in range(steps):
         start = time.perf_counter()
-        tracer.decode_decision(decision, 1)
-        step = tracer.step("decode")
-        hooks.sent_decode([cached])
+        tracer.decode_plan(plan, 1)
+        step = tracer.step("decode", None, (cached,))
+        with step.context():
+            pass
         step.done(result)
         loop += time.perf_counter() - start
         time.sleep(pace_s)  # the shard computes; the export thread encodes meanwhile

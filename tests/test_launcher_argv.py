@@ -288,6 +288,8 @@ def test_router_argv_defaults_follow_spawn_webserver() -> None:
         "--otlp-service-name", "text-generation-inference.router",
         "--scheduler", "async",
         "--prefill-step-tokens", "768",
+        "--shard-call-timeout", "60.0",
+        "--health-stall-timeout", "4.0",
     ]  # fmt: skip
 
 
@@ -312,7 +314,7 @@ def test_router_argv_with_every_option() -> None:
         "--ngrok --ngrok-authtoken t --ngrok-edge e",
     ):  # fmt: skip
         assert part in joined, part
-    assert args[-4:] == ["--scheduler", "sync", "--prefill-step-tokens", "768"]
+    assert args[-8:-4] == ["--scheduler", "sync", "--prefill-step-tokens", "768"]
 
 
 @pytest.mark.skipif(not HAS_ROUTER, reason="tgi_async.router.cli not built yet")

@@ -94,13 +94,15 @@ def stop_stack(stack: TracedStack) -> None:
 @pytest.fixture(scope="module")
 def traced_async(tiny_model_dir: Path, otlp_receiver: OtlpReceiver) -> Iterator[TracedStack]:
     """The async scheduler, sized so a few requests exercise every decision: at most 2 requests per batch
-    (a third waits: defer), prompts cut into 16-token chunks, a 4th concurrent request is refused (429)."""
+    (a third waits: defer), prompts cut into 16-token chunks (the first by the router's step budget, the next
+    ones by the shard, within Warmup's max_prefill_tokens), a 4th concurrent request is refused (429)."""
     stack = start_traced_stack(
         tiny_model_dir,
         otlp_receiver,
         "--scheduler", "async",
         "--max-batch-size", "2",
         "--prefill-step-tokens", "16",
+        "--max-batch-prefill-tokens", "16",
         "--max-concurrent-requests", "3",
     )  # fmt: skip
     yield stack

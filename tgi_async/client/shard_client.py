@@ -39,6 +39,15 @@ class ShardError(Exception):
         self.details = details
 
     @property
+    def unavailable(self) -> bool:
+        """No shard answers on the socket (it died, or never started)."""
+        return self.code == grpc.StatusCode.UNAVAILABLE
+
+    @property
+    def timed_out(self) -> bool:
+        return self.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    @property
     def not_found(self) -> bool:
         """The shard does not hold a batch the call named (TGI's shards say so in INTERNAL's text)."""
         return self.code == grpc.StatusCode.NOT_FOUND or "not found" in self.details.lower()
@@ -49,10 +58,15 @@ def uds_target(path_or_url: str) -> str:
 
 
 class ShardClient:
-    """Client of one shard. Every method is one RPC; errors raise `ShardError`."""
+    """Client of one shard. Every method is one RPC; errors raise `ShardError`.
 
-    def __init__(self, url: str) -> None:
+    `call_timeout`: seconds a call that reads or changes the shard's batches may take (gRPC deadline; None:
+    none): a hung shard fails its calls instead of hanging every stream.
+    """
+
+    def __init__(self, url: str, call_timeout: float | None = None) -> None:
         self.url = uds_target(url)
+        self.call_timeout = call_timeout
         self._channel = grpc.aio.insecure_channel(
             self.url, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
         )
@@ -62,13 +76,16 @@ class ShardClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    def _start(self, method: str, request, metadata: Metadata | None = None) -> grpc.aio.UnaryUnaryCall:
+    def _start(
+        self, method: str, request, metadata: Metadata | None = None, deadline: bool = True
+    ) -> grpc.aio.UnaryUnaryCall:
         """Start an RPC that reads or changes the shard's batches, with the next call number (call_order).
 
         NOTE: synchronous on purpose: grpc.aio queues the RPC's task right here, so it goes out before
         whatever the caller schedules next (the scheduler wakes the previous step's streams after this)."""
         metadata = (*(metadata or ()), self._numbers.next())
-        return getattr(self._stub, method)(request, metadata=metadata)
+        timeout = self.call_timeout if deadline else None
+        return getattr(self._stub, method)(request, metadata=metadata, timeout=timeout)
 
     async def _finish(
         self, method: str, call: Awaitable[Response], convert_response: Callable[[Response], T]
@@ -88,8 +105,13 @@ class ShardClient:
         ordered = call_order.announces_ordering(await call.initial_metadata())
         return dataclasses.replace(info, orders_calls=ordered)
 
-    async def health(self) -> None:
-        await self._call("Health", pb.HealthRequest())
+    async def health(self, timeout: float | None = None) -> None:
+        await self._finish("Health", self._stub.Health(pb.HealthRequest(), timeout=timeout), _same)
+
+    def fence(self) -> Awaitable[None]:
+        """A Health call started now, in the order of the calls that change batches: a shard that runs calls
+        one at a time answers it only once every call it received before has started (see Pipeline)."""
+        return self._finish("Health", self._start("Health", pb.HealthRequest()), _nothing)
 
     async def service_discovery(self) -> list[str]:
         return list((await self._call("ServiceDiscovery", pb.ServiceDiscoveryRequest())).urls)
@@ -112,7 +134,9 @@ class ShardClient:
         max_batch_size: int | None,
     ) -> WarmupResult:
         request = warmup_request(max_input_tokens, max_prefill_tokens, max_total_tokens, max_batch_size)
-        return await self._finish("Warmup", self._start("Warmup", request), convert.warmup_from_pb)
+        # NOTE: no deadline: TGI's shards profile memory and capture CUDA graphs here (minutes on big models)
+        call = self._start("Warmup", request, deadline=False)
+        return await self._finish("Warmup", call, convert.warmup_from_pb)
 
     def prefill(
         self, batch: NewBatch, cached_batch: CachedBatch | None = None, metadata: Metadata | None = None

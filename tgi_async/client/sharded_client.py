@@ -8,7 +8,6 @@ from typing import TypeVar
 
 from tgi_async.client.shard_client import Metadata, ShardClient
 from tgi_async.client.types import CachedBatch, NewBatch, ShardInfo, StepResult, WarmupResult
-from tgi_async.telemetry import scheduler as tracing
 
 T = TypeVar("T")
 
@@ -20,12 +19,14 @@ class ShardedClient:
         self.clients = list(clients)
 
     @classmethod
-    async def connect(cls, master_uds_path: str) -> ShardedClient:
-        """Connect to the master shard, discover the others (ServiceDiscovery), connect to all."""
+    async def connect(cls, master_uds_path: str, call_timeout: float | None = None) -> ShardedClient:
+        """Connect to the master shard, discover the others (ServiceDiscovery), connect to all.
+
+        `call_timeout`: the deadline of every call on the shards' batches (see ShardClient)."""
         master = ShardClient(master_uds_path)
         urls = await master.service_discovery()
         await master.close()
-        return cls([ShardClient(url) for url in urls])
+        return cls([ShardClient(url, call_timeout) for url in urls])
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients))
@@ -38,13 +39,16 @@ class ShardedClient:
     async def info(self) -> ShardInfo:
         return await self.clients[0].info()
 
-    async def health(self) -> None:
-        await self._all(lambda c: c.health())
+    async def health(self, timeout: float | None = None) -> None:
+        await self._all(lambda c: c.health(timeout))
 
     def _started(self, start: Callable[[ShardClient], Awaitable[T]]) -> Awaitable[T]:
         """Start the call on every shard now, in rank order (ShardClient._start); awaits rank 0's answer."""
         calls = [start(c) for c in self.clients]
         return calls[0] if len(calls) == 1 else _first(asyncio.gather(*calls))
+
+    def fence(self) -> Awaitable[None]:
+        return self._started(lambda c: c.fence())
 
     def clear_cache(self, batch_id: int | None = None, metadata: Metadata | None = None) -> Awaitable[None]:
         return self._started(lambda c: c.clear_cache(batch_id, metadata))
@@ -70,13 +74,11 @@ class ShardedClient:
     def prefill(
         self, batch: NewBatch, cached_batch: CachedBatch | None = None, metadata: Metadata | None = None
     ) -> Awaitable[StepResult]:
-        tracing.sent_prefill(batch, cached_batch)
         return self._started(lambda c: c.prefill(batch, cached_batch, metadata))
 
     def decode(
         self, batches: Sequence[CachedBatch], metadata: Metadata | None = None
     ) -> Awaitable[StepResult]:
-        tracing.sent_decode(batches)
         return self._started(lambda c: c.decode(batches, metadata))
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tgi_async.scheduler.config import DEFAULT_PREFILL_STEP_TOKENS
+from tgi_async.scheduler.config import (
+    DEFAULT_HEALTH_STALL_S,
+    DEFAULT_PREFILL_STEP_TOKENS,
+    DEFAULT_SHARD_CALL_TIMEOUT_S,
+)
 
 
 class LaunchError(Exception):
@@ -129,7 +133,13 @@ class LaunchConfig:
     prefill_step_tokens: int = flag(
         DEFAULT_PREFILL_STEP_TOKENS,
         "int",
-        "async scheduler: prompt tokens computed per shard step while others decode (bounds their stall)",
+        "async scheduler: prompt tokens a new prompt's first step computes while others decode",
+    )
+    shard_call_timeout: float = flag(
+        DEFAULT_SHARD_CALL_TIMEOUT_S, "float", "seconds a shard step may take before it fails (0: none)"
+    )
+    health_stall_timeout: float = flag(
+        DEFAULT_HEALTH_STALL_S, "float", "/health answers 503 while a shard call has run this long"
     )
     shard: str = flag(
         "auto",

@@ -317,7 +317,17 @@ def router_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
             "--ngrok-edge",
             str(config.ngrok_edge),
         ]
-    return [*args, "--scheduler", config.scheduler, "--prefill-step-tokens", str(config.prefill_step_tokens)]
+    return [
+        *args,
+        "--scheduler",
+        config.scheduler,
+        "--prefill-step-tokens",
+        str(config.prefill_step_tokens),
+        "--shard-call-timeout",
+        str(config.shard_call_timeout),
+        "--health-stall-timeout",
+        str(config.health_stall_timeout),
+    ]
 
 
 def router_env(facts: Facts, resolved: Resolved) -> dict[str, str]:

@@ -6,7 +6,11 @@ import argparse
 import os
 from typing import Any
 
-from tgi_async.scheduler.config import DEFAULT_PREFILL_STEP_TOKENS
+from tgi_async.scheduler.config import (
+    DEFAULT_HEALTH_STALL_S,
+    DEFAULT_PREFILL_STEP_TOKENS,
+    DEFAULT_SHARD_CALL_TIMEOUT_S,
+)
 
 
 def _env_default(name: str, default: Any, cast=str) -> Any:
@@ -82,6 +86,22 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         int,
         help="async scheduler: prompt tokens computed per shard step while other requests decode "
         "(bounds how long a new prompt stalls the streams; env PREFILL_STEP_TOKENS)",
+    )
+    _flag(
+        parser,
+        "shard-call-timeout",
+        DEFAULT_SHARD_CALL_TIMEOUT_S,
+        float,
+        help="seconds a shard step may take before its requests fail (a hung shard never hangs a stream; "
+        "0: no deadline; env SHARD_CALL_TIMEOUT)",
+    )
+    _flag(
+        parser,
+        "health-stall-timeout",
+        DEFAULT_HEALTH_STALL_S,
+        float,
+        help="/health answers 503 while a shard call has been running this many seconds (env "
+        "HEALTH_STALL_TIMEOUT)",
     )
     _flag(parser, "otlp-file", None, help="also write spans as OTLP JSON lines to this file")
     _flag(parser, "logger-level", "INFO")

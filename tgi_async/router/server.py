@@ -66,15 +66,15 @@ async def _serve(args: argparse.Namespace) -> int:
     from tgi_async.api.config import ApiConfig
     from tgi_async.scheduler.factory import create_scheduler
 
-    client = await connect(args.master_shard_uds_path)
-    info = await client.info()
-    # NOTE: the async policy bounds every prefill forward by --prefill-step-tokens, including the chunks a
-    # chunking shard continues on its own; the shard learns that bound from Warmup's max_prefill_tokens.
-    prefill_tokens = args.max_batch_prefill_tokens
-    if args.scheduler == "async" and info.support_chunking:
-        prefill_tokens = min(prefill_tokens, args.prefill_step_tokens)
+    client = await connect(args.master_shard_uds_path, args.shard_call_timeout or None)
+    # NOTE: Warmup gets TGI's own max_prefill_tokens whatever the policy: TGI's shards size their KV cache
+    # after profiling that forward, and no step of ours is larger (--prefill-step-tokens is the router's).
     info, warmup = await warm_up(
-        client, args.max_input_tokens, prefill_tokens, args.max_total_tokens, args.max_batch_size
+        client,
+        args.max_input_tokens,
+        args.max_batch_prefill_tokens,
+        args.max_total_tokens,
+        args.max_batch_size,
     )
     limits = resolve_limits(
         warmup,
@@ -98,6 +98,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_waiting_tokens=args.max_waiting_tokens,
         max_batch_size=args.max_batch_size,
         prefill_step_tokens=args.prefill_step_tokens,
+        health_stall_s=args.health_stall_timeout,
     )
     scheduler = create_scheduler(client, info, scheduler_config)
     api_config = ApiConfig(

@@ -71,12 +71,15 @@ def resolve_limits(
     return limits
 
 
-async def connect(master_uds_path: str, timeout: float = 60.0) -> ShardedClient:
-    """Connect to the master shard (retrying while it starts) and to every shard it lists."""
+async def connect(
+    master_uds_path: str, call_timeout: float | None = None, timeout: float = 60.0
+) -> ShardedClient:
+    """Connect to the master shard (retrying while it starts) and to every shard it lists; `call_timeout`:
+    the deadline of each step call."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            return await ShardedClient.connect(master_uds_path)
+            return await ShardedClient.connect(master_uds_path, call_timeout)
         except ShardError as exc:
             if asyncio.get_running_loop().time() > deadline:
                 raise StartupError(f"Unable to connect to the Python model shards: {exc}") from None

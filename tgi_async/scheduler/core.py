@@ -5,21 +5,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from tgi_async.client.shard_client import ShardError
 from tgi_async.client.sharded_client import ShardedClient
-from tgi_async.client.types import ShardInfo
+from tgi_async.client.types import NewBatch, NewRequest, ShardInfo
 from tgi_async.scheduler.admission import ShardShape
 from tgi_async.scheduler.config import SchedulerConfig
-from tgi_async.scheduler.request import EndEvent, GenerateRequest, InferError, InferEvent
+from tgi_async.scheduler.request import (
+    EndEvent,
+    GenerateRequest,
+    InferError,
+    InferEvent,
+    SamplingParameters,
+    StoppingParameters,
+)
 from tgi_async.scheduler.state import SchedulerState
 from tgi_async.scheduler.steps import StepRunner
 
 logger = logging.getLogger(__name__)
 
 HEALTHY_WITHIN_S = 5.0  # a step that succeeded this recently proves the shards healthy
+# TGI's liveness check: one token computed in a batch of its own, in block 0 (never allocated to requests)
+LIVENESS_ID = (1 << 64) - 1
+LIVENESS_BATCH = NewBatch(
+    id=LIVENESS_ID,
+    requests=(
+        NewRequest(
+            id=LIVENESS_ID,
+            request=GenerateRequest(
+                inputs="liveness",
+                input_length=1,
+                sampling=SamplingParameters(),
+                stopping=StoppingParameters(max_new_tokens=1),
+                truncate=1,
+                add_special_tokens=False,
+            ),
+            blocks=(0,),
+            slots=(0,),
+        ),
+    ),
+    max_tokens=2,
+    max_blocks=1,
+)
 
 
 class SchedulerCore:
@@ -39,6 +69,11 @@ class SchedulerCore:
             extra_slots=extra_slots,
         )
         self.state = SchedulerState(shape, config.max_batch_total_tokens, info.window_size)
+        # NOTE: no forward may be larger than the one Warmup profiled (TGI's shards sized their KV cache after
+        # it): a decode computes 1 + speculate tokens per request, so the batch holds this many at most.
+        self.max_rows = min(
+            config.max_batch_prefill_tokens // (1 + info.speculate), config.max_batch_size or sys.maxsize
+        )
         self.steps = StepRunner(client, self.state)
         self.wakeup = asyncio.Event()  # set when work arrives or a request is cancelled
         self._tasks: list[asyncio.Task] = []
@@ -102,13 +137,27 @@ class SchedulerCore:
                 self.wakeup.set()
 
     async def health(self) -> bool:
-        if time.monotonic() - self.steps.last_success < HEALTHY_WITHIN_S:
+        """TGI's health check (a Health call while steps succeed, a liveness Prefill after one failed), plus
+        what a pipeline knows: a call stalled past `health_stall_s` or a shard gone is unhealthy at once,
+        where TGI's /health would wait on it."""
+        steps, now = self.steps, time.monotonic()
+        if steps.in_flight:  # the shard is busy: what its calls say is the answer, at once
+            if now - min(steps.in_flight.values()) > self.config.health_stall_s:
+                logger.warning("a shard call has run for over %.1f s", self.config.health_stall_s)
+                return False
+            return steps.healthy and not steps.shard_gone
+        if steps.healthy and not steps.shard_gone and now - steps.last_success < HEALTHY_WITHIN_S:
             return True
+        timeout = self.config.health_stall_s
         try:
-            await asyncio.wait_for(self.client.health(), timeout=10)
+            if steps.healthy:
+                await self.client.health(timeout=timeout)
+            else:
+                await asyncio.wait_for(self.client.prefill(LIVENESS_BATCH), timeout)
         except (ShardError, asyncio.TimeoutError) as exc:
             logger.warning("shard health check failed: %s", exc)
             return False
+        steps.healthy, steps.shard_gone = True, False
         return True
 
     async def _wait_for_work(self) -> None:

@@ -27,8 +27,6 @@ class Entry:
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # first prefill sent
     allocation: BlockAllocation | None = None
-    tokens_received: int = 0  # generated tokens delivered by the shard
-    tokens_in_flight: int = 0  # shard steps sent for it whose results have not come back
     cancelled: bool = False  # the client left: stop, filter out, free
     ended: bool = False  # an EndEvent or error was delivered: nothing more may be sent
     outbox: asyncio.Queue[InferEvent | InferError] = field(default_factory=asyncio.Queue)
@@ -66,7 +64,6 @@ class Entry:
         last = len(generation.tokens) - 1
         for index, token in enumerate(generation.tokens):
             top = generation.top_tokens[index] if index < len(generation.top_tokens) else ()
-            self.tokens_received += 1
             if index == last and generation.generated_text is not None:
                 self.ended = True
                 events.append(

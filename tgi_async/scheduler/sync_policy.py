@@ -31,7 +31,7 @@ class SyncScheduler(SchedulerCore):
                 Budget(
                     prefill_tokens=config.max_batch_prefill_tokens,
                     total_tokens=config.max_batch_total_tokens,
-                    max_size=config.max_batch_size,
+                    max_size=self.max_rows,
                 )
             ):
                 served = True
@@ -43,21 +43,19 @@ class SyncScheduler(SchedulerCore):
                     metrics.BATCH_CURRENT_SIZE.set(cached.size)
                     metrics.BATCH_CURRENT_MAX_TOKENS.set(cached.max_tokens)
                     token_budget = max(config.max_batch_total_tokens - cached.max_tokens, 0)
+                    # NOTE: TGI's rules, plus a cap on the batch (max_rows: no forward larger than Warmup's)
+                    max_size = max(self.max_rows - cached.size, 0)
                     if chunking:
                         budget = Budget(
                             prefill_tokens=max(config.max_batch_prefill_tokens - cached.current_tokens, 0),
                             total_tokens=token_budget,
+                            max_size=max_size,
                         )
                     else:
                         min_size = (
                             None
                             if waiting_tokens >= config.max_waiting_tokens
                             else math.floor(cached.size * config.waiting_served_ratio)
-                        )
-                        max_size = (
-                            None
-                            if config.max_batch_size is None
-                            else max(config.max_batch_size - cached.size, 0)
                         )
                         budget = Budget(config.max_batch_prefill_tokens, token_budget, min_size, max_size)
                     joined = state.admit(budget) if state.waiting else None

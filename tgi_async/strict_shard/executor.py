@@ -1,12 +1,12 @@
 """How the strict shard runs calls: one at a time, like TGI's shard, whose handlers block its event loop.
 
 Every RPC (Health and Info included: they wait too) queues here and runs when the one before it answered, in
-arrival order, as TGI's shard runs them; the router's call-number metadata is ignored. With `reorder` set, a
-waiting call other than the oldest may start first (TGI's shard starts two calls that reach it together in
-either order; this makes that adversarial), and `start_delay_s` holds a call that reaches an idle shard that
-long before it starts (a loaded machine), so calls sent after it can overtake it. Each call then holds the
-shard for the duration its step reports, times `time_scale`. Injected faults, by step call number (Prefill,
-Decode and FilterBatch count, from 1):
+arrival order, as TGI's shard runs them; the router's call-number metadata is ignored. Calls that reach an
+idle shard together are the exception, as in TGI: with `reorder` set they start in a seeded random order, and
+`start_delay_s` holds a call that reaches an idle shard that long before anything starts (a loaded machine),
+so calls sent soon after it join that group. Each call then holds the shard for the duration its step
+reports, times `time_scale`. Injected faults, by step call number (Prefill, Decode and FilterBatch count,
+from 1):
   fail   the call raises ValueError after losing the batches it names (TGI pops before it checks): INTERNAL
   crash  the same with a RuntimeError (a CUDA error): INTERNAL, then the shard exits ~0.5 s later, as TGI's
   hang   the call never answers, and nothing after it runs
@@ -62,6 +62,7 @@ class SerialExecutor:
     dead: bool = False  # in-process use: the "process" died or shut down; calls fail with ConnectionError
     steps_run: int = 0
     _waiting: list[_Call] = field(default_factory=list)
+    _together: list[_Call] = field(default_factory=list)  # calls that reached the shard while it was idle
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _worker: asyncio.Task | None = None
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
@@ -83,13 +84,17 @@ class SerialExecutor:
                     await self._arrived.wait()
                 if self.start_delay_s:
                     await asyncio.sleep(self.start_delay_s)
+                self._together = list(self._waiting)
             await self._run(self._next())
 
     def _next(self) -> _Call:
-        index = 0
-        if self.reorder is not None and len(self._waiting) > 1:
-            index = self.reorder.randrange(len(self._waiting))
-        return self._waiting.pop(index)
+        """The oldest waiting call, or one of those that reached the idle shard together (`reorder`)."""
+        together = [c for c in self._together if c in self._waiting]
+        call = self._waiting[0]
+        if self.reorder is not None and len(together) > 1:
+            call = together[self.reorder.randrange(len(together))]
+        self._waiting.remove(call)
+        return call
 
     async def _run(self, call: _Call) -> None:
         if self.dead:

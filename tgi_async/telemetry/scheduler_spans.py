@@ -10,11 +10,11 @@ and where it finished.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -24,7 +24,6 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, Statu
 from tgi_async.telemetry import attributes as a
 from tgi_async.telemetry import setup
 from tgi_async.telemetry.scheduler import (
-    CURRENT_STEP,
     NOOP_FILTER,
     NOOP_STEP,
     FilterHandle,
@@ -35,13 +34,12 @@ from tgi_async.telemetry.setup import guarded
 from tgi_async.telemetry.step_spans import ROOT, StepTrace
 
 if TYPE_CHECKING:
-    from tgi_async.client.types import CachedBatch, StepResult
+    from tgi_async.client.types import CachedBatch, NewBatch, StepResult
     from tgi_async.scheduler.admission import AdmissionPlan, Budget
-    from tgi_async.scheduler.decode_plan import DecodeDecision
+    from tgi_async.scheduler.decode_plan import DecodePlan
     from tgi_async.scheduler.entry import Entry
     from tgi_async.scheduler.state import SchedulerState
 
-T = TypeVar("T")
 MAX_PENDING_BATCHES = 64  # admitted batches whose prefill has not started yet (normally 0 or 1)
 
 
@@ -222,11 +220,11 @@ class ActiveSchedulerTracer(SchedulerTracer):
 
     # -- steps -------------------------------------------------------------------------------------------
     @guarded(NOOP_STEP)
-    def step(self, method: str) -> StepHandle:
+    def step(self, method: str, new_batch: NewBatch | None, cached: Sequence[CachedBatch]) -> StepHandle:
         self.in_flight += 1
         self.seq += 1
         step = StepTrace(self, method, self.seq - 1)
-        step.current_token = CURRENT_STEP.set(step)
+        step.sent(new_batch, cached)
         return step
 
     def step_ended(self, step: StepTrace, result: StepResult | None) -> None:
@@ -239,15 +237,15 @@ class ActiveSchedulerTracer(SchedulerTracer):
 
     # -- filtering ---------------------------------------------------------------------------------------
     @guarded()
-    def decode_decision(self, decision: DecodeDecision, in_flight: int) -> None:
-        if decision.action == "drain" and decision.reason is not None:
+    def decode_plan(self, plan: DecodePlan, in_flight: int) -> None:
+        if plan.action == "receive" and plan.remove:  # a filter waits for the calls in flight to answer
             if self.drain_start is None:
                 self.drain_start = time.time_ns()
             self.drain_calls += 1
-            self.filter_reason = decision.reason
-        elif decision.action == "filter":
-            self.filter_reason = decision.reason
-        else:
+            self.filter_reason = plan.reason
+        elif plan.action == "filter":
+            self.filter_reason = plan.reason
+        elif plan.action != "receive":
             self.drain_start, self.drain_calls, self.filter_reason = None, 0, None
 
     @guarded(NOOP_FILTER)
@@ -330,10 +328,11 @@ class FilterTrace(FilterHandle):
         self.kept = kept
         self.ended = False
 
-    def start(self, rpc: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
         token = otel_context.attach(trace.set_span_in_context(self.span))
         try:
-            return asyncio.ensure_future(rpc)  # the task copies the context: its RPC span is this one's child
+            yield  # the RPC starts here: its span is this one's child
         finally:
             otel_context.detach(token)
 

@@ -9,9 +9,9 @@ of a large batch does not pay per request per step.
 
 from __future__ import annotations
 
-import sys
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -20,12 +20,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tgi_async.telemetry import attributes as a
-from tgi_async.telemetry.scheduler import CURRENT_STEP, StepHandle
+from tgi_async.telemetry.scheduler import StepHandle
 from tgi_async.telemetry.setup import guarded
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
     from tgi_async.client.types import CachedBatch, NewBatch, StepResult
     from tgi_async.telemetry.scheduler_spans import ActiveSchedulerTracer
 
@@ -41,10 +39,9 @@ class StepTrace(StepHandle):
         "cached_ids",
         "cached_tokens",
         "call_span",
-        "current_token",
+        "closed",
         "method",
         "new_tokens",
-        "otel_token",
         "owner",
         "request_ids",
         "seq",
@@ -58,8 +55,7 @@ class StepTrace(StepHandle):
         self.start_ns = time.time_ns()
         self.batch_span: Span | None = None
         self.call_span: Span | None = None
-        self.otel_token: object | None = None
-        self.current_token: Token | None = None
+        self.closed = False
         self.batch_id = -1  # the id the shard keeps after this step
         self.batch_ids: tuple[int, ...] = ()
         self.request_ids: tuple[int, ...] = ()
@@ -126,7 +122,17 @@ class StepTrace(StepHandle):
                     if trace_ is not None and trace_.infer is not None and trace_.outcome is None:
                         trace_.infer.add_link(step_context)
                         step.add_link(trace_.infer.get_span_context())
-        self.otel_token = otel_context.attach(trace.set_span_in_context(call))
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        if self.call_span is None:
+            yield
+            return
+        token = otel_context.attach(trace.set_span_in_context(self.call_span))
+        try:
+            yield  # the RPC starts here: the shard's server span is the call span's child
+        finally:
+            otel_context.detach(token)
 
     # -- the answer comes back ---------------------------------------------------------------------------
     @guarded()
@@ -230,14 +236,12 @@ class StepTrace(StepHandle):
         return prefill_tokens, decode_tokens
 
     @guarded()
-    def failed(self) -> None:
+    def failed(self, exc: BaseException) -> None:
         if not self._close():
             return
-        exc = sys.exc_info()[1]
-        status = Status(StatusCode.ERROR, str(exc) if exc is not None else "failed")
+        status = Status(StatusCode.ERROR, str(exc))
         assert self.batch_span is not None and self.call_span is not None
-        if exc is not None:
-            self.call_span.record_exception(exc)
+        self.call_span.record_exception(exc)
         for span in {self.call_span, self.batch_span}:
             span.set_status(status)
             span.end()
@@ -250,15 +254,8 @@ class StepTrace(StepHandle):
             self.owner.members.pop(batch_id, None)
 
     def _close(self) -> bool:
-        """Leave the step's context; False if it was closed already."""
-        if self.current_token is None:
+        """False if the step was closed already (or never opened its spans)."""
+        if self.closed or self.batch_span is None:
             return False
-        if self.otel_token is not None:
-            otel_context.detach(self.otel_token)  # type: ignore[arg-type]
-        CURRENT_STEP.reset(self.current_token)
-        self.current_token = self.otel_token = None
-        if self.batch_span is None:  # the shard client never reported what it sent
-            self.sent(None, ())
-            otel_context.detach(self.otel_token)  # type: ignore[arg-type]
-            self.otel_token = None
+        self.closed = True
         return True

@@ -1,0 +1,163 @@
+"""The router (both schedulers) in front of the strict TGI-semantics shard, as real processes: real gRPC over
+a Unix socket, real HTTP, the text-generation client. The shard starts calls that reach it idle together in
+a shuffled order, 1 ms late (a loaded machine), ends requests at a seeded EOS rate, and fails like TGI's
+shard on any KV write outside an allocation; here it also dies, hangs, and fails steps on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from text_generation import Client
+
+from tgi_async.launcher.processes import ChildProcess, start_bundled_shard, start_router
+from tgi_async.strict_shard import tokens
+
+# calls that reach the idle shard together start in a seeded order, a call is 1 ms late to start when the
+# shard is idle (within the router's grace: decode_plan rule 2)
+STRICT = (
+    "--simulate", "test", "--eos-rate", "0.05", "--reorder-seed", "3", "--start-delay-ms", "1",
+    "--block-size", "1",
+)  # fmt: skip
+ROUTER = (
+    "--max-batch-prefill-tokens",
+    "512",
+    "--prefill-step-tokens",
+    "64",
+    "--max-concurrent-requests",
+    "256",
+)
+
+
+def start_stack(model: Path, scheduler: str, *shard: str, router: tuple[str, ...] = ()):
+    shard_child, socket_path = start_bundled_shard(model, *STRICT, *shard)
+    try:
+        router_child, url = start_router(model, socket_path, "--scheduler", scheduler, *ROUTER, *router)
+    except Exception:
+        shard_child.stop()
+        raise
+    return shard_child, router_child, url
+
+
+@pytest.fixture(scope="module", params=["async", "sync"])
+def strict_stack(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[tuple[ChildProcess, str]]:
+    shard, router, url = start_stack(tiny_model_dir, request.param)
+    yield shard, url
+    router.stop()
+    assert shard.stop() == 0, shard.log_tail()
+
+
+def expected_text(prompt: str, tokens_generated: int) -> str:
+    key = tokens.prompt_key(prompt)
+    return "".join(tokens.token_text(key, g) for g in range(1, tokens_generated + 1))
+
+
+def test_warmup_gets_tgis_max_prefill_tokens(strict_stack: tuple[ChildProcess, str]) -> None:
+    """Defect 4: the async router used to send --prefill-step-tokens (64) as Warmup's max_prefill_tokens, and
+    TGI's shards size their KV cache after that forward."""
+    shard, _ = strict_stack
+    assert "Warmup: max_prefill_tokens=512," in shard.log_tail(200)
+
+
+async def test_concurrent_streams_are_exact_and_batch_equals_solo(strict_stack) -> None:
+    _, url = strict_stack
+    prompts = [f"request number {i} " + "word " * (i * 7 % 90) for i in range(48)]
+
+    async def generate(client: httpx.AsyncClient, prompt: str) -> tuple[str, int]:
+        body = {"inputs": prompt, "parameters": {"max_new_tokens": 5 + len(prompt) % 40, "details": True}}
+        response = await client.post(f"{url}/generate", json=body)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        details = answer["details"]
+        # EOS is generated (counted) but not part of the text
+        return answer["generated_text"], details["generated_tokens"] - (
+            details["finish_reason"] == "eos_token"
+        )
+
+    async with httpx.AsyncClient(timeout=120) as client:
+        together = await asyncio.gather(*(generate(client, p) for p in prompts))
+        solo = [await generate(client, p) for p in prompts[:8]]
+    assert together[:8] == solo
+    for prompt, (text, count) in zip(prompts, together, strict=True):
+        assert text == expected_text(prompt, count)  # every token, in order, of its own stream
+
+
+def test_streamed_tokens_equal_the_final_text(strict_stack) -> None:
+    _, url = strict_stack
+    client = Client(url, timeout=120)
+    for i in range(4):
+        prompt = f"stream {i}"
+        streamed = list(client.generate_stream(prompt, max_new_tokens=30))
+        text = "".join(r.token.text for r in streamed if not r.token.special)
+        assert (
+            streamed[-1].generated_text
+            == text
+            == expected_text(prompt, len(streamed) - streamed[-1].token.special)
+        )
+
+
+async def test_clients_leaving_mid_stream_leave_nothing_behind(strict_stack) -> None:
+    _, url = strict_stack
+    body = {"inputs": "a client that leaves", "parameters": {"max_new_tokens": 200}}
+    async with httpx.AsyncClient(timeout=60) as client:
+        for _ in range(12):
+            async with client.stream("POST", f"{url}/generate_stream", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # leave after the first token
+        response = await client.post(
+            f"{url}/generate", json={"inputs": "after", "parameters": {"max_new_tokens": 3}}
+        )
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize("scheduler", ["async", "sync"])
+def test_a_shard_that_dies_ends_every_stream_and_health(tiny_model_dir: Path, scheduler: str) -> None:
+    shard, router, url = start_stack(tiny_model_dir, scheduler, "--fault", "40:die", "--eos-rate", "0")
+    try:
+        client = Client(url, timeout=60)
+        started = time.monotonic()
+        with pytest.raises(Exception):  # noqa: B017 - the client's error type for a 424 / an error event
+            for _ in client.generate_stream("the shard dies under this stream", max_new_tokens=500):
+                pass
+        assert time.monotonic() - started < 10
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 503
+    finally:
+        router.stop()
+        shard.stop()
+
+
+@pytest.mark.parametrize("scheduler", ["async", "sync"])
+def test_a_hung_shard_fails_its_requests_and_health_within_5_s(tiny_model_dir: Path, scheduler: str) -> None:
+    shard, router, url = start_stack(
+        tiny_model_dir,
+        scheduler,
+        "--fault",
+        "30:hang",
+        "--eos-rate",
+        "0",
+        router=("--shard-call-timeout", "3"),
+    )
+    try:
+        body = {"inputs": "this stream hangs", "parameters": {"max_new_tokens": 500}}
+        with httpx.Client(timeout=30) as client:
+            hung: float | None = None
+            with client.stream("POST", f"{url}/generate_stream", json=body) as response:
+                for line in response.iter_lines():
+                    if '"error"' in line:
+                        break
+            failed_at = time.monotonic()
+            # /health turned 503 within 5 s of the hang: the stream's error came 3 s (its deadline) after it
+            deadline = failed_at + 2.0
+            while time.monotonic() < deadline and hung is None:
+                if client.get(f"{url}/health").status_code == 503:
+                    hung = time.monotonic()
+                time.sleep(0.1)
+            assert hung is not None
+    finally:
+        router.stop()
+        shard.stop()

@@ -1,0 +1,191 @@
+"""The strict shard in this process, behind `ShardedClient`'s interface: the same semantics and executor as
+`tgi-async shard serve --simulate`, the same protobuf conversions as the gRPC client, no sockets, so the real
+scheduler loops run thousands of steps per second under hypothesis. Process-level behaviour (gRPC, deadlines
+on a real socket, a dying process) is tested against the real process in integration_tests/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import grpc
+
+from tgi_async.client import convert
+from tgi_async.client.shard_client import ShardError, warmup_request
+from tgi_async.client.types import CachedBatch, NewBatch, ShardInfo, StepResult, WarmupResult
+from tgi_async.proto import pb
+from tgi_async.scheduler.config import SchedulerConfig
+from tgi_async.scheduler.core import SchedulerCore
+from tgi_async.scheduler.factory import create_scheduler
+from tgi_async.strict_shard.executor import FaultKind, SerialExecutor
+from tgi_async.strict_shard.kv import KvViolation
+from tgi_async.strict_shard.profile import load_profile
+from tgi_async.strict_shard.shard import StrictShard
+
+T = TypeVar("T")
+
+KINDS = {  # shard kind -> (profile kind, block size)
+    "flashinfer": ("flash", 1),
+    "paged": ("flash", 16),
+    "flashdecoding": ("flash", 256),
+    "padded": ("padded", 16),
+}
+PREFILL_TOKENS = 256  # --max-batch-prefill-tokens (Warmup's max_prefill_tokens)
+KV_TOKENS = 6000  # about what the test profile's memory holds
+
+
+def strict(
+    kind: str,
+    speculate: int = 0,
+    eos_rate: float = 0.0,
+    reorder_seed: int | None = None,
+    fault: tuple[int, FaultKind] | None = None,
+    timeout: float | None = None,
+    accept_rate: float = 0.7,
+    step_ms: float = 0.0,
+    start_delay_s: float = 0.0,
+) -> InProcessShard:
+    """A strict shard of `kind` (KINDS) in this process, warmed up by the caller."""
+    profile_kind, block_size = KINDS[kind]
+    profile = replace(
+        load_profile("test"),
+        kind=profile_kind,
+        block_size=block_size,
+        speculate=speculate if profile_kind == "flash" else 0,
+        accept_rate=accept_rate,
+        forward_floor_ms=step_ms,
+        kv_bytes_per_token=int(load_profile("test").free_kv_bytes(PREFILL_TOKENS) // KV_TOKENS),
+    )
+    shard = StrictShard(profile, length_tokenizer, eos_token_id=2, seed=7, eos_rate=eos_rate)
+    executor = SerialExecutor(
+        time_scale=1.0 if step_ms else 0.0,
+        start_delay_s=start_delay_s,
+        reorder=None if reorder_seed is None else random.Random(reorder_seed),
+        faults=dict([fault]) if fault else {},
+    )
+    return InProcessShard(shard, executor, call_timeout=timeout)
+
+
+async def start_scheduler(shard: InProcessShard, policy: str, **config: Any) -> SchedulerCore:
+    """Warm `shard` up as the router does (TGI's max_prefill_tokens) and start a scheduler on it."""
+    settings = SchedulerConfig(
+        policy=policy,  # type: ignore[arg-type]
+        max_batch_prefill_tokens=PREFILL_TOKENS,
+        max_batch_total_tokens=KV_TOKENS,
+        prefill_step_tokens=64,
+    )
+    settings = replace(settings, **config)
+    warmup = await shard.warmup(None, settings.max_batch_prefill_tokens, None, None)
+    if warmup.max_supported_total_tokens is not None:
+        settings = replace(settings, max_batch_total_tokens=warmup.max_supported_total_tokens)
+    scheduler = create_scheduler(shard, await shard.info(), settings)  # type: ignore[arg-type]
+    scheduler.start()
+    return scheduler
+
+
+async def settle(scheduler: SchedulerCore) -> None:
+    """Give abandoned requests the loops' next steps to leave."""
+    for _ in range(500):
+        if not scheduler.state.running and not scheduler.state.waiting:
+            return
+        await asyncio.sleep(0.001)
+
+
+def length_tokenizer(text: str, truncate: int, add_special_tokens: bool) -> list[int]:
+    """Tests name their prompts `name:LENGTH`: LENGTH distinct ids (what the router side is told too); any
+    other text (Warmup's) is one token per word."""
+    name, _, length = text.rpartition(":")
+    if not length.isdigit():
+        name, length = text, str(len(text.split()))
+    base = sum(name.encode()) * 1000
+    ids = [base + i for i in range(int(length))]
+    return ids[-truncate:] if truncate else ids
+
+
+class InProcessShard:
+    def __init__(self, shard: StrictShard, executor: SerialExecutor, call_timeout: float | None = None):
+        self.shard = shard
+        self.executor = executor
+        self.call_timeout = call_timeout
+        self.violations: list[str] = []  # KV written outside an allocation, and other RuntimeErrors
+        executor.die = lambda code: None
+        executor.exit_delay_s = 0.0
+        executor.shutdown = self._shutdown
+
+    def _shutdown(self) -> None:
+        self.executor.dead = True
+
+    def _start(self, method: str, run: Callable[[], Any], request: Any, convert_answer, deadline=True):
+        async def call() -> Any:
+            answer = asyncio.ensure_future(self.executor.call(method, run, lambda: self.shard.lose(request)))
+            try:
+                timeout = self.call_timeout if deadline else None
+                result = await asyncio.wait_for(asyncio.shield(answer), timeout)
+            except asyncio.TimeoutError:
+                raise ShardError(method, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            except ConnectionError as exc:
+                raise ShardError(method, grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            except Exception as exc:
+                if isinstance(exc, KvViolation) or (
+                    isinstance(exc, RuntimeError) and "injected" not in str(exc)
+                ):
+                    self.violations.append(f"{method}: {exc}")
+                text = str(exc.args[0]) if isinstance(exc, KeyError) else str(exc)
+                raise ShardError(method, grpc.StatusCode.INTERNAL, text) from None
+            return convert_answer(result)
+
+        return asyncio.ensure_future(call())  # queued now, in call order, as the gRPC client's RPCs
+
+    # -- ShardedClient's interface ---------------------------------------------------------------------------
+    async def info(self) -> ShardInfo:
+        return convert.shard_info_from_pb(await self._start("Info", self.shard.info, None, _same, False))
+
+    async def health(self, timeout: float | None = None) -> None:
+        call = self._start("Health", pb.HealthResponse, None, _same, False)
+        try:
+            await asyncio.wait_for(asyncio.shield(call), timeout)
+        except asyncio.TimeoutError:
+            raise ShardError("Health", grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+
+    async def warmup(self, max_input, max_prefill, max_total, max_batch_size) -> WarmupResult:
+        request = warmup_request(max_input, max_prefill, max_total, max_batch_size)
+        run = lambda: self.shard.warmup(request)  # noqa: E731
+        return await self._start("Warmup", run, request, convert.warmup_from_pb, False)
+
+    def clear_cache(self, batch_id: int | None = None, metadata=None) -> Awaitable[None]:
+        request = pb.ClearCacheRequest() if batch_id is None else pb.ClearCacheRequest(id=batch_id)
+        return self._start("ClearCache", lambda: self.shard.clear_cache(request), request, _nothing)
+
+    def filter_batch(self, batch_id: int, request_ids: Sequence[int], metadata=None) -> Awaitable:
+        request = pb.FilterBatchRequest(batch_id=batch_id, request_ids=list(request_ids))
+        return self._start("FilterBatch", lambda: self.shard.filter_batch(request), request, _filtered)
+
+    def prefill(self, batch: NewBatch, cached_batch: CachedBatch | None = None, metadata=None) -> Awaitable:
+        request = pb.PrefillRequest(batch=convert.batch_to_pb(batch))
+        if cached_batch is not None:
+            request.cached_batch.CopyFrom(convert.cached_batch_to_pb(cached_batch))
+        run = lambda: self.shard.prefill(request)  # noqa: E731
+        return self._start("Prefill", run, request, convert.step_result_from_pb)
+
+    def decode(self, batches: Sequence[CachedBatch], metadata=None) -> Awaitable[StepResult]:
+        request = pb.DecodeRequest(batches=[convert.cached_batch_to_pb(b) for b in batches])
+        return self._start("Decode", lambda: self.shard.decode(request), request, convert.step_result_from_pb)
+
+    async def close(self) -> None:
+        return None
+
+
+def _same(response: T) -> T:
+    return response
+
+
+def _nothing(response: Any) -> None:
+    return None
+
+
+def _filtered(response: pb.FilterBatchResponse) -> CachedBatch | None:
+    return convert.cached_batch_from_pb(response.batch) if response.HasField("batch") else None
