@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.paths import CACHE_DIR
 from tgi_async.tiny_model import cached_tiny_model
-
-CACHE_DIR = Path(os.environ.get("TGI_ASYNC_CACHE", Path(__file__).resolve().parent / ".cache"))
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.paths import CACHE_DIR
 from tgi_async.launcher.processes import (
     ChildProcess,
     free_port,
@@ -27,7 +29,23 @@ def tgi_shard_available() -> str | None:
         return None if shutil.which(binary) or Path(binary).exists() else f"TGI_SHARD_BIN={binary} not found"
     if importlib.util.find_spec("text_generation_server") is not None:
         return None
-    return "TGI's text-generation-server is not installed here (set TGI_SHARD_BIN to run these tests)"
+    why = CACHE_DIR / "tgi-shard" / ".unavailable"  # `make tgi-shard` writes why it could not build it
+    if why.exists():
+        return f"TGI's shard could not be built here: {why.read_text().strip()}"
+    return "TGI's text-generation-server is not installed here (`make test` builds it; or set TGI_SHARD_BIN)"
+
+
+@pytest.fixture(scope="session")
+def tgi_model_dir(tiny_model_dir: Path) -> Path:
+    """The tiny model in the form TGI's shard (transformers 4.x) reads: its build's `adapt-model`, if any."""
+    binary = os.environ.get("TGI_SHARD_BIN")
+    adapt = Path(binary).parent / "adapt-model" if binary else None
+    if adapt is None or not adapt.exists():
+        return tiny_model_dir
+    target = CACHE_DIR / "tgi-model-seed0"
+    if not (target / "config.json").exists():
+        subprocess.run([str(adapt), str(tiny_model_dir), str(target)], check=True, capture_output=True)
+    return target
 
 
 def launch(model_dir: Path, *flags: str) -> tuple[ChildProcess, str]:
