@@ -1,19 +1,24 @@
 """Async vs sync scheduler, side by side on ONE shard process, through the HTTP API.
 
     python -m benchmarks.schedulers [--scenario decode|mixed|both] [--streams 64] [--new-tokens 256]
+    python -m benchmarks.schedulers --simulate llama-3.1-8b-h100 --streams 256   # SIMULATED GPU profile
 
-For each policy a router starts against the same bundled shard (one at a time: two routers must not share a
-shard's batches), runs the scenario with real HTTP streaming clients, and stops. Ratios are async/sync.
+For each policy a router starts against the same shard (the bundled one on the tiny CPU model, or the strict
+shard with a GPU cost profile: SIMULATED), one at a time (two routers must not share a shard's batches), runs
+the scenario with real HTTP streaming clients, and stops. Each round runs the policies in a random order.
+Ratios are async/sync.
   decode: N concurrent streams of M new tokens -> tokens/s, and shard busy fraction = shard handler seconds
           (tgi_async_shard_busy_seconds) / wall seconds.
-  mixed:  streams decoding while prompts of P tokens arrive every I ms -> p99 inter-token latency of the
-          decoding streams while prompts arrive, TTFT p50 of the arriving prompts.
+  mixed:  streams decoding (each inside one 1024-token piece: TGI's router splits longer ones) while prompts
+          of P tokens arrive every I ms -> inter-token latency p50 / p99 / p99.9 / max of the decoding streams
+          while prompts arrive, and how many gaps exceed twice the median; TTFT p50 of the arriving prompts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +41,7 @@ from benchmarks.harness import (
 from benchmarks.sse_client import SSEClient
 
 R = TypeVar("R")
+BACKGROUND_TOKENS = 1000  # inside one of the 1024-token pieces TGI's router splits generations into
 WORDS = "the batch decode prefill stream router shard queue kernel tensor cache block slot".split()
 
 
@@ -84,6 +90,10 @@ async def decode_heavy(url: str, shard_pid: int, tokenizer, streams: int, new_to
 class MixedResult:
     itl_p50: float
     itl_p99: float
+    itl_p999: float
+    itl_max: float
+    stalls: int  # gaps over twice the median
+    gaps: int
     ttft_p50: float
     arrivals: int
 
@@ -95,7 +105,7 @@ async def mixed(
         await client.open(streams)  # the arriving prompts connect when sent, as new clients do
         records = [Stream(sent=0.0) for _ in range(streams)]
         background = [
-            asyncio.create_task(stream(client, prompt_of(tokenizer, 12, i), 3000, record))
+            asyncio.create_task(stream(client, prompt_of(tokenizer, 12, i), BACKGROUND_TOKENS, record))
             for i, record in enumerate(records)
         ]
         prompts = [prompt_of(tokenizer, prompt_tokens, 100 + i) for i in range(arrivals)]  # not in the window
@@ -110,9 +120,23 @@ async def mixed(
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+    finished_early = [r for r in records if len(r.token_times) >= BACKGROUND_TOKENS]
+    assert not finished_early, (
+        "a background stream ended inside the window: lower --arrivals or --interval-ms"
+    )
     gaps = [gap for record in records for gap in record.gaps(window_start, window_end)]
     ttfts = [r.ttft for r in done if r.token_times]
-    return MixedResult(median(gaps), percentile(gaps, 99), median(ttfts), len(ttfts))
+    p50 = median(gaps)
+    return MixedResult(
+        p50,
+        percentile(gaps, 99),
+        percentile(gaps, 99.9),
+        max(gaps, default=float("nan")),
+        sum(1 for g in gaps if g > 2 * p50),
+        len(gaps),
+        median(ttfts),
+        len(ttfts),
+    )
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -121,11 +145,16 @@ async def run(args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     decode: dict[str, list[DecodeResult]] = {"sync": [], "async": []}
     mixed_: dict[str, list[MixedResult]] = {"sync": [], "async": []}
-    with shard_process(model) as (shard, socket_path):
-        for _ in range(args.rounds):  # alternate the policies so drift on the machine hits both alike
-            for policy in ("sync", "async"):
+    shard_args = ["--simulate", args.simulate] if args.simulate else []
+    order = random.Random(args.seed)
+    with shard_process(model, *shard_args) as (shard, socket_path):
+        for _ in range(args.rounds):
+            policies = ["sync", "async"]
+            order.shuffle(policies)  # drift on the machine hits both alike, in no fixed order
+            for policy in policies:
                 router_args = ["--scheduler", policy, "--max-concurrent-requests", "1024"]
                 router_args += ["--prefill-step-tokens", str(args.prefill_step_tokens)]
+                router_args += ["--max-batch-prefill-tokens", str(args.max_batch_prefill_tokens)]
                 with router_process(model, socket_path, *router_args) as (_, url):
                     await decode_heavy(url, shard.popen.pid, tokenizer, 8, 16)  # warm caches and code paths
                     if args.scenario in ("decode", "both"):
@@ -161,9 +190,10 @@ def report(
     decode: dict[str, list[DecodeResult]], mixed_: dict[str, list[MixedResult]], args: argparse.Namespace
 ) -> None:
     """Every round's numbers, then the ratios of the per-policy medians."""
+    shard = f"strict shard, profile {args.simulate}: SIMULATED" if args.simulate else "bundled shard, CPU"
     if decode["sync"]:
         print(
-            f"\n### decode-heavy: {args.streams} streams x {args.new_tokens} new tokens, "
+            f"\n### decode-heavy ({shard}): {args.streams} streams x {args.new_tokens} new tokens, "
             f"{args.rounds} rounds\n"
         )
         print_rounds(
@@ -192,21 +222,29 @@ def report(
         )
     if mixed_["sync"]:
         print(
-            f"\n### mixed: {args.mixed_streams} streams decoding, {args.arrivals} prompts of "
+            f"\n### mixed ({shard}): {args.mixed_streams} streams decoding, {args.arrivals} prompts of "
             f"{args.prompt_tokens} tokens every {args.interval_ms} ms, {args.rounds} rounds\n"
         )
         print_rounds(
-            ("ITL p50 ms", "ITL p99 ms", "TTFT p50 ms"),
+            ("ITL p50 ms", "p99 ms", "p99.9 ms", "max ms", "gaps > 2x p50", "TTFT p50 ms"),
             mixed_,
-            lambda r: (f"{r.itl_p50 * 1e3:.1f}", f"{r.itl_p99 * 1e3:.1f}", f"{r.ttft_p50 * 1e3:.1f}"),
+            lambda r: (
+                f"{r.itl_p50 * 1e3:.1f}",
+                f"{r.itl_p99 * 1e3:.1f}",
+                f"{r.itl_p999 * 1e3:.1f}",
+                f"{r.itl_max * 1e3:.1f}",
+                f"{r.stalls} of {r.gaps}",
+                f"{r.ttft_p50 * 1e3:.1f}",
+            ),
         )
-        s_itl, a_itl = (median([r.itl_p99 for r in mixed_[p]]) for p in ("sync", "async"))
-        s_ttft, a_ttft = (median([r.ttft_p50 for r in mixed_[p]]) for p in ("sync", "async"))
+
+        def ratio(field: str) -> str:
+            s_, a_ = (median([getattr(r, field) for r in mixed_[p]]) for p in ("sync", "async"))
+            return f"{a_ / s_:.2f} ({s_ * 1e3:.1f} -> {a_ * 1e3:.1f} ms)"
+
         print(
-            f"\nmedians: ITL p99 sync {s_itl * 1e3:.1f} ms, async {a_itl * 1e3:.1f} ms; "
-            f"TTFT p50 sync {s_ttft * 1e3:.1f} ms, async {a_ttft * 1e3:.1f} ms"
-            f"\nITL p99 async/sync = **{a_itl / s_itl:.2f}** (target <= 0.5); "
-            f"TTFT p50 async/sync = **{a_ttft / s_ttft:.2f}** (target <= 1.0)"
+            f"\nasync/sync of the medians over rounds: ITL p99 **{ratio('itl_p99')}**, "
+            f"p99.9 **{ratio('itl_p999')}**, max {ratio('itl_max')}; TTFT p50 **{ratio('ttft_p50')}**"
         )
 
 
@@ -220,7 +258,10 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=int, default=500)
     parser.add_argument("--arrivals", type=int, default=10)
     parser.add_argument("--prefill-step-tokens", type=int, default=768)
+    parser.add_argument("--max-batch-prefill-tokens", type=int, default=4096)
+    parser.add_argument("--simulate", default=None, help="the strict shard with this profile (SIMULATED)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0, help="of the policies' order in each round")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -110,6 +111,7 @@ class SerialExecutor:
         if fault == "hang":
             logger.error("injected fault: %s never answers", call.method)
             await asyncio.Event().wait()  # forever: nothing after it runs either
+        started = time.perf_counter()
         try:
             if fault in ("fail", "crash"):
                 call.lose()
@@ -127,7 +129,9 @@ class SerialExecutor:
         if isinstance(result, Step):
             result, duration_ms = result.response, result.duration_ms
         if self.time_scale and duration_ms:
-            await asyncio.sleep(duration_ms * self.time_scale / 1000)
+            # the step takes what the profile says, its bookkeeping here included
+            elapsed = time.perf_counter() - started
+            await asyncio.sleep(max(0.0, duration_ms * self.time_scale / 1000 - elapsed))
         if not call.answer.done():  # the caller may have given up (deadline)
             call.answer.set_result(result)
 
