@@ -88,8 +88,8 @@ async def start_scheduler(shard: InProcessShard, policy: str, **config: Any) -> 
 
 
 async def settle(scheduler: SchedulerCore) -> None:
-    """Give abandoned requests the loops' next steps to leave."""
-    for _ in range(500):
+    """Give abandoned requests the loops' next steps to leave (and failed calls their deadlines)."""
+    for _ in range(2000):
         if not scheduler.state.running and not scheduler.state.waiting:
             return
         await asyncio.sleep(0.001)
