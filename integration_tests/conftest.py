@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.paths import CACHE_DIR
@@ -46,6 +47,17 @@ def tgi_model_dir(tiny_model_dir: Path) -> Path:
     if not (target / "config.json").exists():
         subprocess.run([str(adapt), str(tiny_model_dir), str(target)], check=True, capture_output=True)
     return target
+
+
+async def leave_streams(url: str, count: int) -> None:
+    """`count` clients that each leave their stream after its first token."""
+    body = {"inputs": "a client that leaves", "parameters": {"max_new_tokens": 200}}
+    async with httpx.AsyncClient(timeout=120) as client:
+        for _ in range(count):
+            async with client.stream("POST", f"{url}/generate_stream", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break
 
 
 def launch(model_dir: Path, *flags: str) -> tuple[ChildProcess, str]:

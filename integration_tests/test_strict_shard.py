@@ -14,6 +14,7 @@ import httpx
 import pytest
 from text_generation import Client
 
+from integration_tests.conftest import leave_streams
 from tgi_async.launcher.processes import ChildProcess, start_bundled_shard, start_router
 from tgi_async.strict_shard import tokens
 
@@ -102,13 +103,8 @@ def test_streamed_tokens_equal_the_final_text(strict_stack) -> None:
 
 async def test_clients_leaving_mid_stream_leave_nothing_behind(strict_stack) -> None:
     _, url = strict_stack
-    body = {"inputs": "a client that leaves", "parameters": {"max_new_tokens": 200}}
+    await leave_streams(url, 12)
     async with httpx.AsyncClient(timeout=60) as client:
-        for _ in range(12):
-            async with client.stream("POST", f"{url}/generate_stream", json=body) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        break  # leave after the first token
         response = await client.post(
             f"{url}/generate", json={"inputs": "after", "parameters": {"max_new_tokens": 3}}
         )

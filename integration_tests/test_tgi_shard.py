@@ -17,7 +17,7 @@ import httpx
 import pytest
 from text_generation import Client
 
-from integration_tests.conftest import launch, tgi_shard_available
+from integration_tests.conftest import launch, leave_streams, tgi_shard_available
 
 pytestmark = pytest.mark.skipif(tgi_shard_available() is not None, reason=str(tgi_shard_available()))
 
@@ -94,13 +94,8 @@ async def test_mixed_long_prompts_while_streams_decode(tgi_stack: str) -> None:
 
 
 async def test_clients_leaving_mid_stream(tgi_stack: str) -> None:
-    body = {"inputs": "a client that leaves", "parameters": {"max_new_tokens": 200}}
+    await leave_streams(tgi_stack, 8)
     async with httpx.AsyncClient(timeout=120) as client:
-        for _ in range(8):
-            async with client.stream("POST", f"{tgi_stack}/generate_stream", json=body) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        break  # leave after the first token
         assert await generate(client, tgi_stack, "after them", 4)
     for _ in range(50):  # the left requests are filtered out at the next steps
         if metric(tgi_stack, "tgi_batch_current_size") == 0:

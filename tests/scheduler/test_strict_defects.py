@@ -67,26 +67,32 @@ def conserved(scheduler: SchedulerCore, shard: InProcessShard) -> None:
         assert shard.shard.cache == {}
 
 
-@pytest.mark.parametrize("kind", ["flashinfer", "paged"])
-@pytest.mark.parametrize("policy", POLICIES)
-async def test_a_request_that_ended_is_never_stepped_again(policy: str, kind: str) -> None:
-    """Defect 1: a request that stopped one token before its limit stayed in the batch (filtered only once
-    size // 8 had finished) and its KV writes ran past its slots, as TGI's flash shard would let them."""
-    shard = strict(kind)
-    scheduler = await start_scheduler(shard, policy)
-    requests = [request(f"r{i}", 20, 30) for i in range(1, 16)]
-    requests.insert(0, request("r0", 20, 12, stop=stop_at("r0", 20, 11)))
+async def serve_all(shard: InProcessShard, policy: str, requests: list[GenerateRequest], **config):
+    """Run `requests` to their end on a scheduler over `shard`: no KV write out of place, every block back."""
+    scheduler = await start_scheduler(shard, policy, **config)
     try:
         results = await run_all(scheduler, requests)
         await settle(scheduler)
     finally:
         await scheduler.stop()
     assert shard.violations == []
+    conserved(scheduler, shard)
+    return results
+
+
+@pytest.mark.parametrize("kind", ["flashinfer", "paged"])
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_a_request_that_ended_is_never_stepped_again(policy: str, kind: str) -> None:
+    """Defect 1: a request that stopped one token before its limit stayed in the batch (filtered only once
+    size // 8 had finished) and its KV writes ran past its slots, as TGI's flash shard would let them."""
+    shard = strict(kind)
+    requests = [request(f"r{i}", 20, 30) for i in range(1, 16)]
+    requests.insert(0, request("r0", 20, 12, stop=stop_at("r0", 20, 11)))
+    results = await serve_all(shard, policy, requests)
     assert results[0] == (list(range(1, 12)), "end")
     assert all(r == (list(range(1, 31)), "end") for r in results[1:])
     # the shard computed no request more than once after its end (the step already queued when it ended)
     assert max(shard.shard.after_stop) <= 1
-    conserved(scheduler, shard)
 
 
 @pytest.mark.parametrize("fault", range(2, 14))
@@ -117,48 +123,26 @@ async def test_speculated_tokens_count_towards_the_allocation(policy: str) -> No
     tokens and writes 3 KV slots, and the length guard let requests run past their slots."""
     skipped_before = metrics.REQUEST_SKIPPED_TOKENS.render().count("\n")
     shard = strict("paged", speculate=2, accept_rate=1.0)
-    scheduler = await start_scheduler(shard, policy)
-    try:
-        results = await run_all(scheduler, [request(f"s{i}", 10 + i, 20 + i) for i in range(8)])
-        await settle(scheduler)
-    finally:
-        await scheduler.stop()
-    assert shard.violations == []
+    results = await serve_all(shard, policy, [request(f"s{i}", 10 + i, 20 + i) for i in range(8)])
     for i, (positions, how) in enumerate(results):
         assert how == "end" and positions == list(range(1, 21 + i))
     assert metrics.REQUEST_SKIPPED_TOKENS.render().count("\n") >= skipped_before  # observed (TGI's metric)
     assert "tgi_request_skipped_tokens_count" in metrics.REQUEST_SKIPPED_TOKENS.render()
-    conserved(scheduler, shard)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 async def test_no_forward_is_larger_than_warmups(policy: str) -> None:
     """Defect 4: TGI's shards size their KV cache after Warmup's forward; a decode batch whose tokens
     (requests x (1 + speculate)) exceed it was never profiled (an OOM on a GPU)."""
-    shard = strict("paged", speculate=1)
-    scheduler = await start_scheduler(shard, policy, max_batch_prefill_tokens=64)
-    try:
-        results = await run_all(scheduler, [request(f"w{i}", 4, 8) for i in range(100)])
-        await settle(scheduler)
-    finally:
-        await scheduler.stop()
-    assert shard.violations == []
+    requests = [request(f"w{i}", 4, 8) for i in range(100)]
+    results = await serve_all(strict("paged", speculate=1), policy, requests, max_batch_prefill_tokens=64)
     assert all(how == "end" for _, how in results)
-    conserved(scheduler, shard)
 
 
 async def run_reordered(kind: str, seed: int, start_delay_s: float) -> list[tuple[list[int], str]]:
     shard = strict(kind, reorder_seed=seed, eos_rate=0.1, step_ms=1.0, start_delay_s=start_delay_s)
-    scheduler = await start_scheduler(shard, "async")
     requests = [request(f"o{i}", 5 + 17 * i % 90, 6 + i % 9) for i in range(24)]
-    try:
-        results = await run_all(scheduler, requests)
-        await settle(scheduler)
-    finally:
-        await scheduler.stop()
-    assert shard.violations == []
-    conserved(scheduler, shard)
-    return results
+    return await serve_all(shard, "async", requests)
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -211,15 +211,7 @@ async def serve(
         logger.warning("removed a stale socket", extra={"path": path})
     urls = [f"unix://{socket_path(uds_path, r)}" for r in range(world_size)]
     service = ShardService(engine, urls)
-    server = grpc.aio.server(
-        interceptors=list(interceptors),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
-    add_servicer(server, service)
-    server.add_insecure_port(f"unix://{path}")
+    server = grpc_server(service, path, interceptors)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -233,6 +225,22 @@ async def serve(
         await server.stop(grace=0.2)
         service.executor.shutdown(wait=False, cancel_futures=True)
         remove_socket(path)
+
+
+def grpc_server(
+    servicer: object, path: str, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+) -> grpc.aio.Server:
+    """A grpc.aio server with `servicer` (generate.v3) on `unix://{path}`, messages unbounded."""
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    add_servicer(server, servicer)
+    server.add_insecure_port(f"unix://{path}")
+    return server
 
 
 def remove_socket(path: str) -> bool:

@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-import grpc.aio
 
-from tgi_async.proto import add_servicer, pb
-from tgi_async.shard.server import MAX_MESSAGE_BYTES, remove_socket, socket_path
+from tgi_async.proto import pb
+from tgi_async.shard.server import grpc_server, remove_socket, socket_path
 from tgi_async.strict_shard.executor import SerialExecutor
 from tgi_async.strict_shard.shard import StrictShard
 
@@ -75,15 +74,7 @@ async def serve(shard: StrictShard, executor: SerialExecutor, uds_path: str) -> 
     the socket."""
     path = socket_path(uds_path, 0)
     remove_socket(path)
-    service = StrictShardService(shard, executor, [f"unix://{path}"])
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
-    add_servicer(server, service)
-    server.add_insecure_port(f"unix://{path}")
+    server = grpc_server(StrictShardService(shard, executor, [f"unix://{path}"]), path)
     stop = asyncio.Event()
     exit_code = 0
 
