@@ -187,15 +187,15 @@ class AsyncScheduler(SchedulerCore):
             call.batch_id in pipeline.vanished or await pipeline.vanished_later(call.batch_id)
         ):
             # The batch vanished (all its requests finished) before this call ran: expected with a pipeline.
-            # The shards check every batch before changing any, so what it would have brought in is intact.
+            # It is the first batch the call names and shards take them in order, so what the call would
+            # have brought in is intact: it joins again.
             metrics.VANISHED_BATCH_CALLS.inc()
             if call.new_batch is not None:
                 self.prefills.appendleft((call.new_batch, [r.entry for r in call.rows if r.id in _ids(call)]))
-            elif call.prefilled:
-                joining = {i for b in call.prefilled for i in b.request_ids}
-                for batch in reversed(call.prefilled):
-                    self.ready.appendleft((batch, [r.entry for r in call.rows if r.id in joining]))
-            elif call.kind == "filter":
+            for batch in reversed(call.prefilled):
+                ids = set(batch.request_ids)
+                self.ready.appendleft((batch, [r.entry for r in call.rows if r.id in ids]))
+            if call.kind == "filter":
                 for row in call.rows:
                     self.state.release(row.id)
             self.decode_wakeup.set()
