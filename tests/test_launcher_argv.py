@@ -382,6 +382,10 @@ def test_bundled_shard_argv_and_env() -> None:
         shard.env["RANK"] == "0" and shard.env["WORLD_SIZE"] == "1" and shard.env["PYTHONUNBUFFERED"] == "1"
     )
     assert "HF_HUB_ENABLE_HF_TRANSFER" not in shard.env and "CUDA_GRAPHS" not in shard.env
+    # prefix caching: TGI turns it off without CUDA kernels; the bundled shard has it anyway, unless told not
+    assert shard.env["PREFIX_CACHING"] == "true"
+    off = plan(config, facts(environ={"PATH": "/bin", "PREFIX_CACHING": "0"}))
+    assert off.shards[0].env["PREFIX_CACHING"] == "0"
     assert launch.downloads == ()
     assert notes(config, launch.resolved) == (
         "--cuda-graphs: accepted, not applicable to the bundled shard",

@@ -381,6 +381,13 @@ REQUEST_SKIPPED_TOKENS = REGISTRY.add(Summary("tgi_request_skipped_tokens", "Spe
 # Seconds the shards spent inside step handlers (their total_ns), summed: busy fraction = rate / wall time.
 # A gauge so fractions of a second survive rendering (counters render as integers).
 SHARD_BUSY_SECONDS = _gauge("tgi_async_shard_busy_seconds", "Seconds shards spent in Prefill/Decode handlers")
+# Prompt tokens a request did not compute because a cached prefix held their KV (prefix caching; TGI has
+# no such metric).
+PREFIX_CACHED_TOKENS = _histogram(
+    "tgi_async_prefix_cached_tokens",
+    "Prompt tokens reused from the prefix cache, per request",
+    buckets=linear_buckets(1024),
+)
 # Pipelined calls (steps, queued filters) that found their batch gone: every request in it finished a step
 # earlier.
 VANISHED_BATCH_CALLS = _counter(
@@ -391,6 +398,7 @@ VANISHED_BATCH_CALLS = _counter(
 def configure(max_input_tokens: int, max_total_tokens: int) -> None:
     """Size the token-count buckets from the router's limits (TGI does it at start-up)."""
     REQUEST_INPUT_LENGTH.set_buckets(linear_buckets(max_input_tokens))
+    PREFIX_CACHED_TOKENS.set_buckets(linear_buckets(max_input_tokens))
     REQUEST_GENERATED_TOKENS.set_buckets(linear_buckets(max_total_tokens))
     REQUEST_MAX_NEW_TOKENS.set_buckets(linear_buckets(max_total_tokens))
 

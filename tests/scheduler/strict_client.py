@@ -21,6 +21,8 @@ from tgi_async.proto import pb
 from tgi_async.scheduler.config import SchedulerConfig
 from tgi_async.scheduler.core import SchedulerCore
 from tgi_async.scheduler.factory import create_scheduler
+from tgi_async.scheduler.request import EndEvent, GenerateRequest, InferError
+from tgi_async.strict_shard import tokens
 from tgi_async.strict_shard.executor import FaultKind, SerialExecutor
 from tgi_async.strict_shard.kv import KvViolation
 from tgi_async.strict_shard.profile import load_profile
@@ -87,6 +89,14 @@ async def start_scheduler(shard: InProcessShard, policy: str, **config: Any) -> 
     return scheduler
 
 
+def assert_blocks_back(scheduler: SchedulerCore) -> None:
+    """Every KV block is free, or cached for a prefix nobody reads (prefix caching)."""
+    allocator = scheduler.state.allocator
+    if allocator is not None:
+        cached = getattr(allocator, "cached_blocks", 0)
+        assert allocator.free_blocks + cached == allocator.total_blocks - 1
+
+
 async def settle(scheduler: SchedulerCore) -> None:
     """Give abandoned requests the loops' next steps to leave (and failed calls their deadlines)."""
     for _ in range(2000):
@@ -96,12 +106,13 @@ async def settle(scheduler: SchedulerCore) -> None:
 
 
 def length_tokenizer(text: str, truncate: int, add_special_tokens: bool) -> list[int]:
-    """Tests name their prompts `name:LENGTH`: LENGTH distinct ids (what the router side is told too); any
-    other text (Warmup's) is one token per word."""
+    """Tests name their prompts `name:LENGTH`: LENGTH distinct ids (what the router side is told too); prompts
+    named `family/member:LENGTH` share their ids with their family (a common prefix). Any other text
+    (Warmup's) is one token per word."""
     name, _, length = text.rpartition(":")
     if not length.isdigit():
         name, length = text, str(len(text.split()))
-    base = sum(name.encode()) * 1000
+    base = sum(name.partition("/")[0].encode()) * 1000
     ids = [base + i for i in range(int(length))]
     return ids[-truncate:] if truncate else ids
 
@@ -189,3 +200,49 @@ def _nothing(response: Any) -> None:
 
 def _filtered(response: pb.FilterBatchResponse) -> CachedBatch | None:
     return convert.cached_batch_from_pb(response.batch) if response.HasField("batch") else None
+
+
+async def generate(scheduler: SchedulerCore, req: GenerateRequest) -> tuple[list[int], str]:
+    """(positions of the tokens received, "end" | "error"); every token is one of this prompt's."""
+    positions: list[int] = []
+    tag = tokens.tag(tokens.prompt_key(req.inputs))
+    try:
+        async for event in scheduler.generate(req):
+            assert event.token.special or event.token.text.startswith(f" {tag}:"), (req.inputs, event.token)
+            positions.append(event.token.id - tokens.TOKEN_ID_BASE)
+            if isinstance(event, EndEvent):
+                return positions, "end"
+    except InferError:
+        return positions, "error"
+    raise AssertionError("no end")
+
+
+async def run_all(scheduler: SchedulerCore, requests: list[GenerateRequest], timeout: float = 30):
+    return await asyncio.wait_for(asyncio.gather(*(generate(scheduler, r) for r in requests)), timeout)
+
+
+def conserved(scheduler: SchedulerCore, shard: InProcessShard) -> None:
+    assert scheduler.state.running == {} and not scheduler.state.waiting
+    assert_blocks_back(scheduler)
+    if not shard.executor.dead:
+        assert shard.shard.cache == {}
+
+
+async def serve_all(shard: InProcessShard, policy: str, requests: list[GenerateRequest], **config):
+    """Run `requests` to their end on a scheduler over `shard`: no KV write out of place, every block back."""
+    return (await serve_waves(shard, policy, [requests], **config))[0]
+
+
+async def serve_waves(shard: InProcessShard, policy: str, waves: list[list[GenerateRequest]], **config):
+    """`serve_all` for waves of requests, one after the other, on one scheduler (its prefix cache too)."""
+    scheduler = await start_scheduler(shard, policy, **config)
+    results = []
+    try:
+        for requests in waves:
+            results.append(await run_all(scheduler, requests))
+            await settle(scheduler)
+    finally:
+        await scheduler.stop()
+    assert shard.violations == []
+    conserved(scheduler, shard)
+    return results

@@ -10,13 +10,18 @@ import time
 
 import pytest
 
-from tests.scheduler.strict_client import InProcessShard, settle, start_scheduler, strict
+from tests.scheduler.strict_client import (
+    conserved,
+    generate,
+    run_all,
+    serve_all,
+    settle,
+    start_scheduler,
+    strict,
+)
 from tgi_async import metrics
-from tgi_async.scheduler.core import SchedulerCore
 from tgi_async.scheduler.request import (
-    EndEvent,
     GenerateRequest,
-    InferError,
     SamplingParameters,
     StoppingParameters,
 )
@@ -37,47 +42,6 @@ def request(name: str, prompt: int, max_new: int, stop: tuple[str, ...] = ()) ->
 def stop_at(name: str, prompt: int, g: int) -> tuple[str, ...]:
     """A stop sequence the strict shard's g-th token of this prompt ends with."""
     return (tokens.token_text(tokens.prompt_key(f"{name}:{prompt}"), g).strip(),)
-
-
-async def generate(scheduler: SchedulerCore, req: GenerateRequest) -> tuple[list[int], str]:
-    """(positions of the tokens received, "end" | "error"); every token is one of this prompt's."""
-    positions: list[int] = []
-    tag = tokens.tag(tokens.prompt_key(req.inputs))
-    try:
-        async for event in scheduler.generate(req):
-            assert event.token.special or event.token.text.startswith(f" {tag}:"), (req.inputs, event.token)
-            positions.append(event.token.id - tokens.TOKEN_ID_BASE)
-            if isinstance(event, EndEvent):
-                return positions, "end"
-    except InferError:
-        return positions, "error"
-    raise AssertionError("no end")
-
-
-async def run_all(scheduler: SchedulerCore, requests: list[GenerateRequest], timeout: float = 30):
-    return await asyncio.wait_for(asyncio.gather(*(generate(scheduler, r) for r in requests)), timeout)
-
-
-def conserved(scheduler: SchedulerCore, shard: InProcessShard) -> None:
-    assert scheduler.state.running == {} and not scheduler.state.waiting
-    allocator = scheduler.state.allocator
-    if allocator is not None:
-        assert allocator.free_blocks == allocator.total_blocks - 1
-    if not shard.executor.dead:
-        assert shard.shard.cache == {}
-
-
-async def serve_all(shard: InProcessShard, policy: str, requests: list[GenerateRequest], **config):
-    """Run `requests` to their end on a scheduler over `shard`: no KV write out of place, every block back."""
-    scheduler = await start_scheduler(shard, policy, **config)
-    try:
-        results = await run_all(scheduler, requests)
-        await settle(scheduler)
-    finally:
-        await scheduler.stop()
-    assert shard.violations == []
-    conserved(scheduler, shard)
-    return results
 
 
 @pytest.mark.parametrize("kind", ["flashinfer", "paged"])

@@ -16,7 +16,15 @@ from dataclasses import dataclass, replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.scheduler.strict_client import KINDS, PREFILL_TOKENS, settle, start_scheduler, strict
+from tests.scheduler.strict_client import (
+    KINDS,
+    PREFILL_TOKENS,
+    assert_blocks_back,
+    length_tokenizer,
+    settle,
+    start_scheduler,
+    strict,
+)
 from tgi_async.scheduler.request import (
     EndEvent,
     GenerateRequest,
@@ -34,6 +42,10 @@ class Spec:
     max_new: int
     leave_after: int | None  # the client disconnects after this many events
     arrival: int  # event-loop turns before it is sent
+    family: int = 0  # prompts of a family share their tokens, up to the shorter one (prefix caching)
+
+    def text(self, index: int) -> str:
+        return f"f{self.family}/r{index}:{self.prompt_len}"
 
 
 @dataclass(frozen=True)
@@ -47,16 +59,18 @@ class Case:
 
 
 def request(index: int, spec: Spec) -> GenerateRequest:
+    text = spec.text(index)
     return GenerateRequest(
-        inputs=f"r{index}:{spec.prompt_len}",
+        inputs=text,
         input_length=spec.prompt_len,
         sampling=SamplingParameters(),
         stopping=StoppingParameters(max_new_tokens=spec.max_new),
+        input_ids=tuple(length_tokenizer(text, 0, True)),  # the router's ids: prefix caching matches them
     )
 
 
 def expected_tokens(index: int, spec: Spec, seed: int, eos_rate: float) -> int:
-    key = tokens.prompt_key(f"r{index}:{spec.prompt_len}")
+    key = tokens.prompt_key(spec.text(index))
     for g in range(1, spec.max_new + 1):
         if tokens.is_eos(key, g, seed, eos_rate):
             return g
@@ -119,9 +133,7 @@ async def run(case: Case, specs: list[Spec]) -> None:
             failed += 1
     assert failed == 0 or case.fault is not None
     assert scheduler.state.running == {} and not scheduler.state.waiting
-    allocator = scheduler.state.allocator
-    if allocator is not None:
-        assert allocator.free_blocks == allocator.total_blocks - 1  # every block back
+    assert_blocks_back(scheduler)
     if not shard.executor.dead and not hangs:
         assert shard.shard.cache == {}, "batches left at the shard"
 
@@ -133,6 +145,7 @@ specs = st.lists(
         max_new=st.integers(1, 40),
         leave_after=st.none() | st.integers(0, 8),
         arrival=st.integers(0, 30),
+        family=st.integers(0, 3),
     ),
     min_size=1,
     max_size=48,

@@ -18,6 +18,7 @@ from shard_helpers import (
 )
 
 from tgi_async.proto import pb
+from tgi_async.shard.kv_cache import BLOCK_SIZE
 
 PROMPTS = {
     1: "Hello",
@@ -261,3 +262,38 @@ async def test_long_decodes_match_generate_as_the_batch_shrinks(stub, reference)
     out.add(response.generations)
     await decode_until_done(stub, await filter_finished(stub, response.batch, out), out)
     assert out.tokens == expected
+
+
+async def test_a_cached_prefix_is_reused_and_outputs_do_not_change(stub, reference):
+    """Prefix caching: the second request is told its first blocks already hold its prompt's prefix (the
+    first request's blocks, as the router's radix allocator hands them out) and computes only the rest."""
+    shared = LONG_PROMPT  # several blocks
+    first_text, second_text = shared + " first", shared + " and then a different ending"
+    blocks, out = Blocks(), Outputs()
+    first = new_request_text(71, first_text, reference, blocks, max_new_tokens=3)
+    response = await stub.Prefill(pb.PrefillRequest(batch=batch(71, [first])))
+    out.add(response.generations)
+    await decode_until_done(stub, response.batch, out)
+    assert out.tokens[71] == reference.greedy(first_text, 3)
+
+    prompt = reference.ids(second_text)
+    common = next(
+        i for i, (a, b) in enumerate(zip(prompt, reference.ids(first_text), strict=False)) if a != b
+    )
+    whole = common // BLOCK_SIZE  # the router reuses whole blocks only
+    tokens = len(prompt) + 6 - 1
+    own_blocks, _ = blocks.allocate(tokens - whole * BLOCK_SIZE)
+    block_ids = list(first.blocks[:whole]) + own_blocks
+    slots = [b * BLOCK_SIZE + o for b in block_ids for o in range(BLOCK_SIZE)][:tokens]
+    second = request(72, second_text, None, len(prompt), max_new_tokens=6, cache_len=whole * BLOCK_SIZE)
+    second.blocks.extend(block_ids)
+    second.slots.extend(slots)
+    response = await stub.Prefill(pb.PrefillRequest(batch=batch(72, [second])))
+    out.add(response.generations)
+    await decode_until_done(stub, response.batch, out)
+    assert whole >= 2
+    assert out.tokens[72] == reference.greedy(second_text, 6)
+
+
+def new_request_text(request_id: int, text: str, reference, blocks: Blocks, **fields) -> pb.Request:
+    return request(request_id, text, blocks, len(reference.ids(text)), **fields)

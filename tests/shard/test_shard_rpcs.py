@@ -22,7 +22,7 @@ U64_MAX = (1 << 64) - 1
 
 async def test_info_health_and_service_discovery(stub, bundled_shard):
     info = await stub.Info(pb.InfoRequest())
-    assert not info.requires_padding and info.support_chunking and not info.use_prefix_caching
+    assert not info.requires_padding and info.support_chunking and info.use_prefix_caching
     assert (info.block_size, info.speculate, info.attention_impl) == (16, 0, "paged")
     assert (info.dtype, info.device_type) == ("torch.float32", "cpu")
     assert not info.HasField("window_size")

@@ -132,6 +132,9 @@ def resolve(config: LaunchConfig, facts: Facts) -> Resolved:
         facts.environ.get("ATTENTION"),
         facts.environ.get("PREFIX_CACHING"),
     )
+    if kind == "bundled":
+        # NOTE: TGI's rules tie prefix caching to its CUDA kernels; the bundled shard has it on any device
+        prefix_caching = facts.environ.get("PREFIX_CACHING") or "true"
     return Resolved(
         shard_kind=kind,
         num_shard=num_shard,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tgi_async.scheduler.blocks import BlockAllocation, BlockAllocator
+from tgi_async.scheduler.radix import RadixAllocator
 
 DeferReason = Literal["prefill_budget", "token_budget", "blocks", "max_size", "min_size"]
 
@@ -24,6 +25,7 @@ class Candidate:
     input_length: int  # prompt tokens
     max_new_tokens: int
     cancelled: bool = False  # the client left while it waited
+    prefix_ids: tuple[int, ...] | None = None  # prompt ids to match against cached prefixes (prefix caching)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class ShardShape:
     speculate: int = 0
     support_chunking: bool = False  # the last admitted prompt may be cut to fill the prefill budget
     extra_slots: int = 0  # KV slots per request beyond TGI's (pipelined schedulers run a step ahead)
+    prefix_caching: bool = False  # the shard reuses cached prefix blocks (Info.use_prefix_caching)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class Admission:
     id: int
     allocation: BlockAllocation | None  # None on padded shards
     chunk_len: int | None  # prompt tokens to compute now when the prompt is cut; None = all of it
+    cache_len: int = 0  # prompt tokens whose KV a cached prefix holds: not computed again
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,10 @@ class AdmissionPlan:
 
 
 def plan_admission(
-    queue: Iterable[Candidate], budget: Budget, shape: ShardShape, allocator: BlockAllocator | None
+    queue: Iterable[Candidate],
+    budget: Budget,
+    shape: ShardShape,
+    allocator: BlockAllocator | RadixAllocator | None,
 ) -> AdmissionPlan:
     """Admit requests from the front of `queue` while they fit `budget`. Allocates their KV blocks.
 
@@ -107,21 +114,24 @@ def plan_admission(
 
         # Block shards: KV for the prompt and every new token but the last (never fed back).
         tokens = candidate.input_length + candidate.max_new_tokens + shape.speculate - 1 + shape.extra_slots
-        if not allocator.can_allocate(tokens):
+        allocation = allocator.allocate(tokens, candidate.prefix_ids)
+        if allocation is None:
             deferred = "blocks"
             break
+        # NOTE: as TGI, one prompt token at least is computed: its logits give the first new token
+        cache_len = min(allocation.prefix_len, candidate.input_length - 1)
+        prompt_tokens = candidate.input_length - cache_len
         chunk_len = None
-        if prefill_tokens + candidate.input_length > prefill_budget:
+        if prefill_tokens + prompt_tokens > prefill_budget:
             room = prefill_budget - prefill_tokens
             if not shape.support_chunking or room <= 0:
+                allocator.free(allocation)  # never computed: it caches nothing
                 deferred = "prefill_budget"
                 break
             chunk_len = room  # NOTE: only the last admitted request is cut; nothing else fits after it
-        allocation = allocator.allocate(tokens)
-        assert allocation is not None  # can_allocate said so
         max_blocks = max(max_blocks, len(allocation.blocks))
-        admitted.append(Admission(candidate.id, allocation, chunk_len))
-        prefill_tokens += candidate.input_length if chunk_len is None else chunk_len
+        admitted.append(Admission(candidate.id, allocation, chunk_len, cache_len))
+        prefill_tokens += prompt_tokens if chunk_len is None else chunk_len
         decode_tokens += candidate.max_new_tokens
         if chunk_len is not None:
             deferred = "prefill_budget"

@@ -67,6 +67,7 @@ class SchedulerCore:
             speculate=info.speculate,
             support_chunking=info.support_chunking,
             extra_slots=extra_slots,
+            prefix_caching=info.use_prefix_caching and not info.requires_padding,
         )
         self.state = SchedulerState(shape, config.max_batch_total_tokens, info.window_size)
         # NOTE: no forward may be larger than the one Warmup profiled (TGI's shards sized their KV cache after

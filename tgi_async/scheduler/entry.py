@@ -29,6 +29,9 @@ class Entry:
     allocation: BlockAllocation | None = None
     cancelled: bool = False  # the client left: stop, filter out, free
     ended: bool = False  # an EndEvent or error was delivered: nothing more may be sent
+    generated_ids: list[int] = field(
+        default_factory=list
+    )  # its tokens so far (prefix caching keeps their KV)
     outbox: asyncio.Queue[InferEvent | InferError] = field(default_factory=asyncio.Queue)
 
     @property
@@ -39,6 +42,22 @@ class Entry:
     @property
     def max_new_tokens(self) -> int:
         return self.request.stopping.max_new_tokens
+
+    def prompt_ids(self) -> tuple[int, ...] | None:
+        """The prompt's token ids, when the router knows them all (prefix caching matches and keeps them);
+        None for requests asking for prompt logprobs (TGI computes those whole)."""
+        request = self.request
+        if request.prefill_logprobs or len(request.input_ids) != request.input_length:
+            return None
+        return request.input_ids
+
+    def kv_ids(self) -> tuple[int, ...] | None:
+        """What its KV holds, position by position: the prompt, then each token fed back (all but the last
+        one it got); None if the shard never finished its prompt."""
+        prompt = self.prompt_ids()
+        if prompt is None or not self.generated_ids:
+            return None
+        return prompt + tuple(self.generated_ids[:-1])
 
     def fail(self, error: InferError) -> None:
         if not self.ended:
@@ -63,6 +82,7 @@ class Entry:
             events.append(PrefillEvent(generation.prefill_tokens))
         last = len(generation.tokens) - 1
         for index, token in enumerate(generation.tokens):
+            self.generated_ids.append(token.id)
             top = generation.top_tokens[index] if index < len(generation.top_tokens) else ()
             if index == last and generation.generated_text is not None:
                 self.ended = True

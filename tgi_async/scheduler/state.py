@@ -14,6 +14,7 @@ from tgi_async.client.types import NewBatch, NewRequest
 from tgi_async.scheduler.admission import AdmissionPlan, Budget, Candidate, ShardShape, plan_admission
 from tgi_async.scheduler.blocks import BlockAllocator
 from tgi_async.scheduler.entry import Entry
+from tgi_async.scheduler.radix import RadixAllocator
 from tgi_async.scheduler.request import GenerateRequest
 from tgi_async.telemetry.scheduler import scheduler_tracer
 
@@ -23,11 +24,11 @@ class SchedulerState:
         self, shape: ShardShape, max_batch_total_tokens: int, window_size: int | None = None
     ) -> None:
         self.shape = shape
-        self.allocator = (
-            None
-            if shape.requires_padding
-            else BlockAllocator(max_batch_total_tokens, shape.block_size, window_size)
-        )
+        self.allocator: BlockAllocator | RadixAllocator | None = None
+        if shape.prefix_caching and not shape.requires_padding:
+            self.allocator = RadixAllocator(max_batch_total_tokens, shape.block_size)
+        elif not shape.requires_padding:
+            self.allocator = BlockAllocator(max_batch_total_tokens, shape.block_size, window_size)
         self.waiting: deque[Entry] = deque()
         self.running: dict[int, Entry] = {}  # request id -> entry, for requests inside a shard batch
         self._next_request_id = 0
@@ -52,8 +53,15 @@ class SchedulerState:
             return None
         # NOTE: lazily: the policy stops at the first request that does not fit, so a round costs what it
         # admits, not the queue's length (it runs every step while requests wait).
+        matching = self.shape.prefix_caching
         candidates = (
-            Candidate(e.id, e.request.input_length, e.max_new_tokens, cancelled=e.cancelled)
+            Candidate(
+                e.id,
+                e.request.input_length,
+                e.max_new_tokens,
+                cancelled=e.cancelled,
+                prefix_ids=e.prompt_ids() if matching else None,
+            )
             for e in self.waiting
         )
         plan = plan_admission(candidates, budget, self.shape, self.allocator)
@@ -81,9 +89,12 @@ class SchedulerState:
                     request=entry.request,
                     blocks=allocation.blocks if allocation else (),
                     slots=allocation.slots if allocation else (),
+                    cache_len=admission.cache_len,
                     chunk_len=admission.chunk_len,
                 )
             )
+            if matching:
+                metrics.PREFIX_CACHED_TOKENS.observe(admission.cache_len)
         batch = NewBatch(
             id=self._next_batch_id,
             requests=tuple(requests),
@@ -107,10 +118,11 @@ class SchedulerState:
         self.waiting.extendleft(reversed(skipped))
         return taken
 
-    def release(self, request_id: int) -> None:
-        """The request left the shards: forget it and free its KV blocks."""
+    def release(self, request_id: int, kv_intact: bool = True) -> None:
+        """The request left the shards: forget it and free its KV blocks (with prefix caching, what its KV
+        holds stays cached unless `kv_intact` is False: after a failure nobody knows)."""
         self.tracer.released(request_id)
         entry = self.running.pop(request_id, None)
         if entry is not None and entry.allocation is not None and self.allocator is not None:
-            self.allocator.free(entry.allocation)
+            self.allocator.free(entry.allocation, entry.kv_ids() if kv_intact else None)
             entry.allocation = None

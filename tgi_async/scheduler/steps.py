@@ -141,7 +141,7 @@ class StepRunner:
             if entry is not None and not entry.ended:
                 entry.fail(error)
                 metrics.REQUEST_FAILURE.labels(err="generation").inc()
-            self.state.release(request_id)
+            self.state.release(request_id, kv_intact=False)
 
     async def clear(self, batch_ids: Iterable[int]) -> None:
         """Drop batches at the shards after a failure (best effort: the shard may be gone)."""

@@ -58,6 +58,13 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--kv-cache-max-gib", type=float, default=4.0, help="CPU: upper bound on the KV cache")
     serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     serve.add_argument(
+        "--prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reuse the KV of cached prompt prefixes the router names (default: env PREFIX_CACHING as for "
+        "TGI's shard, else on; --simulate: the profile's)",
+    )
+    serve.add_argument(
         "--num-threads",
         type=int,
         default=None,
@@ -86,9 +93,6 @@ def add_parser(subparsers) -> None:
     simulate.add_argument("--fault-rate", type=float, default=0.0, help="chance each step call fails")
     simulate.add_argument(
         "--request-logprobs", action="store_true", help="flash: TGI's REQUEST_LOGPROBS=1 (prompt logprobs)"
-    )
-    simulate.add_argument(
-        "--prefix-caching", action=argparse.BooleanOptionalAction, default=None, help="default: the profile's"
     )
     serve.set_defaults(func=run)
 
@@ -123,6 +127,14 @@ def check_supported(args: argparse.Namespace, environ: dict[str, str]) -> tuple[
     return rank, world_size
 
 
+def prefix_caching(flag: bool | None, environ: dict[str, str] | os._Environ) -> bool:
+    """The flag, else TGI's PREFIX_CACHING (set by launchers; "1"/"true" is on), else on."""
+    if flag is not None:
+        return flag
+    value = environ.get("PREFIX_CACHING")
+    return True if value is None else value.lower() in ("1", "true")
+
+
 def load_engine(args: argparse.Namespace):
     """Load the model; what cannot be loaded (or served) becomes a ConfigError with the reason."""
     from tgi_async.shard.engine import Engine, EngineConfig, UnsupportedModelError
@@ -137,6 +149,7 @@ def load_engine(args: argparse.Namespace):
         kv_cache_max_bytes=int(args.kv_cache_max_gib * (1 << 30)),
         device=args.device,
         num_threads=args.num_threads,
+        prefix_caching=prefix_caching(args.prefix_caching, os.environ),
     )
     try:
         return Engine(config)

@@ -63,6 +63,7 @@ class EngineConfig:
     kv_cache_max_bytes: int = 4 << 30  # CPU: upper bound on the KV cache
     device: str | None = None  # None: cuda when available, else cpu
     num_threads: int | None = None  # torch intra-op threads; None: 1 for small CPU models, else torch's
+    prefix_caching: bool = True  # Info.use_prefix_caching: the router may name blocks holding a prompt prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,7 @@ class Engine:
             device_type=self.device.type,
             speculate=0,
             support_chunking=True,
-            use_prefix_caching=False,
+            use_prefix_caching=self.config.prefix_caching,
             attention_impl="paged",
             block_size=BLOCK_SIZE,
         )

@@ -7,9 +7,11 @@ are checked against the real prompt lengths); no weights are loaded.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 from dataclasses import replace
 
+from tgi_async.shard.cli import prefix_caching
 from tgi_async.strict_shard.executor import SerialExecutor, parse_fault
 from tgi_async.strict_shard.profile import load_profile
 from tgi_async.strict_shard.server import serve
@@ -22,7 +24,9 @@ def build(args: argparse.Namespace) -> tuple[StrictShard, SerialExecutor]:
         kind=args.kind,
         block_size=args.block_size,
         speculate=args.speculate,
-        prefix_caching=args.prefix_caching,
+        prefix_caching=args.prefix_caching
+        if args.prefix_caching is not None or "PREFIX_CACHING" not in os.environ
+        else prefix_caching(None, os.environ),
     )
     if profile.kind == "padded" and profile.speculate:
         profile = replace(profile, speculate=0)

@@ -36,6 +36,7 @@ REQUEST_GENERATED_TOKENS = NS + "request.generated_tokens"
 REQUEST_FINISH_REASON = NS + "request.finish_reason"
 REQUEST_OUTCOME = NS + "request.outcome"  # finished | failed | cancelled | dropped
 REQUEST_BATCH_ID = NS + "request.batch_id"  # the batch it was admitted in
+REQUEST_CACHED_TOKENS = NS + "request.cached_tokens"  # prompt tokens a cached prefix held (not computed)
 QUEUE_SIZE = NS + "queue.size"  # requests waiting, after this decision
 
 # admission (admit span) and deferral (defer events on the waiting request's queued span)
@@ -45,6 +46,7 @@ ADMIT_DROPPED_IDS = NS + "admit.dropped_ids"  # cancelled while queued: left wit
 ADMIT_PREFILL_TOKENS = NS + "admit.prefill_tokens"
 ADMIT_DECODE_TOKENS = NS + "admit.decode_tokens"
 ADMIT_MAX_BLOCKS = NS + "admit.max_blocks"
+ADMIT_CACHED_TOKENS = NS + "admit.cached_tokens"  # prompt tokens reused from the prefix cache, all requests
 DEFER_REASON = NS + "defer.reason"  # prefill_budget | token_budget | blocks | max_size | min_size
 DEFER_COUNT = NS + "defer.count"  # admission rounds that left this request waiting
 BUDGET_PREFILL_TOKENS = NS + "budget.prefill_tokens"

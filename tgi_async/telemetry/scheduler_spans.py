@@ -179,6 +179,7 @@ class ActiveSchedulerTracer(SchedulerTracer):
                 a.ADMIT_PREFILL_TOKENS: plan.prefill_tokens,
                 a.ADMIT_DECODE_TOKENS: plan.decode_tokens,
                 a.ADMIT_MAX_BLOCKS: plan.max_blocks,
+                a.ADMIT_CACHED_TOKENS: sum(x.cache_len for x in plan.admitted),
                 a.DEFER_REASON: plan.deferred or "",
                 a.BUDGET_PREFILL_TOKENS_LEFT: max(0, budget.prefill_tokens - plan.prefill_tokens),
                 a.BUDGET_TOTAL_TOKENS_LEFT: max(
@@ -198,7 +199,11 @@ class ActiveSchedulerTracer(SchedulerTracer):
                 context=trace_.parent,
                 start_time=now,
                 links=batch_link,
-                attributes={a.REQUEST_ID: admission.id, a.REQUEST_BATCH_ID: batch_id},
+                attributes={
+                    a.REQUEST_ID: admission.id,
+                    a.REQUEST_BATCH_ID: batch_id,
+                    a.REQUEST_CACHED_TOKENS: admission.cache_len,
+                },
             )
             batch.add_link(trace_.infer.get_span_context())
             admit.add_link(trace_.infer.get_span_context())
