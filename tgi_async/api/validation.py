@@ -107,6 +107,12 @@ class Validator:
         sampling = p.do_sample or any(v is not None for v in (p.temperature, p.top_k, p.top_p, p.typical_p))
         if best_of > 1 and not sampling:
             raise invalid("you must use sampling when `best_of` is > 1")
+        # NOTE: beyond TGI, which lets an f32 infinity through to its shards: a value a shard would refuse
+        # must never reach one, where it fails every request of its batch.
+        for name in ("temperature", "repetition_penalty", "frequency_penalty", "top_p", "typical_p"):
+            value = getattr(p, name)
+            if value is not None and not math.isfinite(single(value)):
+                raise invalid(f"`{name}` must be a finite number")
         temperature = 1.0 if p.temperature is None else single(p.temperature)
         if temperature <= 0.0:
             raise invalid("`temperature` must be strictly positive")
