@@ -68,3 +68,26 @@ def header_names(response: bytes) -> list[str]:
 
 def body_of(response: bytes) -> bytes:
     return response.split(b"\r\n\r\n", 1)[1]
+
+
+def drip(sock: socket.socket, data: bytes, interval: float, limit: float) -> float:
+    """Send `data` one byte every `interval` s; seconds until the server closed the connection (reading
+    whatever it answered), or TimeoutError after `limit` s."""
+    start = time.monotonic()
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:  # broken pipe or reset: closed
+            return time.monotonic() - start
+        sock.settimeout(interval)
+        try:
+            while sock.recv(65536):
+                pass
+            return time.monotonic() - start  # EOF
+        except ConnectionResetError:
+            return time.monotonic() - start
+        except TimeoutError:
+            pass
+        if time.monotonic() - start > limit:
+            break
+    raise TimeoutError(f"still open after {time.monotonic() - start:.1f}s")

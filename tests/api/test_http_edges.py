@@ -6,6 +6,7 @@ One router (strict shard, `--simulate test`: no model needed) per scheduler, wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -16,10 +17,31 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.raw_http import body_of, exchange, head, header_names, port_of, post, status
+from tests.api.raw_http import (
+    body_of,
+    drip,
+    exchange,
+    head,
+    header_names,
+    port_of,
+    post,
+    read_until_closed,
+    status,
+)
 from tgi_async.launcher.processes import start_bundled_shard, start_router
 
-FLAGS: tuple[str, ...] = ()
+HEADER_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
+MAX_SILENT = 50
+SLACK = 1.5  # seconds: a deadline's callback on a loaded 2-core machine
+FLAGS = (
+    "--http-header-timeout",
+    str(HEADER_TIMEOUT),
+    "--http-body-timeout",
+    str(BODY_TIMEOUT),
+    "--http-max-silent-connections",
+    str(MAX_SILENT),
+)
 POST_ROUTES = (
     "/",
     "/generate",
@@ -165,3 +187,107 @@ def test_bodies_still_parse_after_all_this(router):
     body = json.dumps({"inputs": "Hello", "parameters": {"max_new_tokens": 2}}).encode()
     for path in ("/generate", "/invocations", "/"):
         assert status(exchange(router.port, post(path, body))) == 200
+
+
+# ---- slow, silent and short clients ------------------------------------------------------------------------
+
+
+def test_slow_headers_are_cut_at_the_header_timeout(router):
+    slow = head("GET", "/health", "X-Padding: " + "a" * 100)
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        lived = drip(sock, slow, interval=1.0, limit=HEADER_TIMEOUT + 10)
+    assert HEADER_TIMEOUT - 0.5 <= lived <= HEADER_TIMEOUT + SLACK
+    # the next request on a kept-alive connection has the same deadline from its first byte
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(head("GET", "/health"))
+        assert status(sock.recv(65536)) == 200
+        lived = drip(sock, slow, interval=1.0, limit=HEADER_TIMEOUT + 10)
+    assert HEADER_TIMEOUT - 0.5 <= lived <= HEADER_TIMEOUT + SLACK
+    assert_serving(router)
+
+
+async def test_silent_connections_are_closed_while_the_server_serves(router):
+    async def lifetime() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        opened = time.monotonic()
+        try:
+            assert await asyncio.wait_for(reader.read(), HEADER_TIMEOUT + SLACK + 5) == b""
+        except ConnectionResetError:
+            pass
+        finally:
+            writer.close()
+        return time.monotonic() - opened
+
+    async def serve_meanwhile(client: httpx.AsyncClient) -> list[int]:
+        statuses = []
+        for _ in range(int(HEADER_TIMEOUT / 0.25)):
+            r = await client.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
+            statuses.append(r.status_code)
+            await asyncio.sleep(0.25)
+        return statuses
+
+    silent = [asyncio.ensure_future(lifetime()) for _ in range(200)]
+    await asyncio.sleep(0.5)  # all connected
+    async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+        statuses = await serve_meanwhile(client)
+    lifetimes = await asyncio.gather(*silent)
+    assert set(statuses) == {200}
+    assert max(lifetimes) <= HEADER_TIMEOUT + SLACK
+    # past the cap the oldest go at once, the rest at the header timeout
+    assert sum(t < HEADER_TIMEOUT / 2 for t in lifetimes) >= 200 - MAX_SILENT
+
+
+@pytest.mark.parametrize("path", ["/generate", "/invocations", "/v1/chat/completions"])
+def test_a_short_body_gets_408_at_the_body_timeout(router, path):
+    since = len(router.log_text())
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(head("POST", path, "Content-Type: application/json", length=100) + b'{"inputs": "')
+        started = time.monotonic()
+        response = read_until_closed(sock, BODY_TIMEOUT + SLACK)
+        lived = time.monotonic() - started
+    assert status(response) == 408 and lived >= BODY_TIMEOUT - 0.5
+    # a body trickling in is cut too: the deadline is for the whole body, not between reads
+    body = b'{"inputs": "' + b"a" * 100 + b'"}'
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(head("POST", path, "Content-Type: application/json", length=len(body)))
+        lived = drip(sock, body, interval=0.25, limit=BODY_TIMEOUT + 10)
+    assert lived <= BODY_TIMEOUT + SLACK
+    assert_serving(router)
+    assert_quiet(router, since)
+
+
+def test_a_body_left_short_after_an_early_answer_is_closed(router):
+    """415 is answered before the body is read; the rest of the body still has its deadline."""
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(head("POST", "/generate", "Content-Type: text/plain", length=100) + b"{")
+        response = read_until_closed(sock, BODY_TIMEOUT + SLACK)
+    assert status(response) == 415
+
+
+def test_an_oversized_head_is_431(router):
+    """hyper's limit (TGI's server): a request line and headers of up to 8192 + 4096 * 100 bytes."""
+    limit = 8192 + 4096 * 100
+    big = head("GET", "/health", "X-Big: " + "a" * (limit - 1000))
+    assert status(exchange(router.port, big + head("GET", "/health", "Connection: close"))) == 200
+    # NOTE: all bytes sent are read before the server closes (else the close is a reset, losing the 431)
+    too_big = b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * limit
+    assert status(exchange(router.port, too_big, timeout=10)) == 431
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        # closed while we are still sending (64 MiB was accepted whole before)
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(64):
+                sock.sendall(b"a" * (1 << 20))
+            read_until_closed(sock, 10)
+    assert_serving(router)
+
+
+def test_timeouts_log_one_line_each(router):
+    logged = router.log_text()
+    assert "Traceback" not in logged
+    for line in logged.splitlines():
+        if "request body incomplete" in line:
+            assert len(line) < 300, line
+            break
+    else:
+        raise AssertionError("no line for a body timeout")
