@@ -290,6 +290,9 @@ def test_router_argv_defaults_follow_spawn_webserver() -> None:
         "--prefill-step-tokens", "768",
         "--shard-call-timeout", "60.0",
         "--health-stall-timeout", "4.0",
+        "--http-header-timeout", "10.0",
+        "--http-body-timeout", "30.0",
+        "--http-max-silent-connections", "256",
     ]  # fmt: skip
 
 
@@ -298,7 +301,8 @@ FULL = LaunchConfig(
     max_batch_total_tokens=4000, max_batch_size=8, trust_remote_code=True, json_output=True,
     otlp_endpoint="http://o:4317", cors_allow_origin=("a", "b"), api_key="k", ngrok=True, ngrok_authtoken="t",
     ngrok_edge="e", tokenizer_config_path="/t.json", disable_grammar_support=True, usage_stats="off",
-    scheduler="sync", waiting_served_ratio=1.5,
+    scheduler="sync", waiting_served_ratio=1.5, http_header_timeout=5.0, http_body_timeout=0.0,
+    http_max_silent_connections=64,
 )  # fmt: skip
 
 
@@ -314,7 +318,10 @@ def test_router_argv_with_every_option() -> None:
         "--ngrok --ngrok-authtoken t --ngrok-edge e",
     ):  # fmt: skip
         assert part in joined, part
-    assert args[-8:-4] == ["--scheduler", "sync", "--prefill-step-tokens", "768"]
+    assert args[-14:-10] == ["--scheduler", "sync", "--prefill-step-tokens", "768"]
+    assert args[-6:] == [
+        "--http-header-timeout", "5.0", "--http-body-timeout", "0.0", "--http-max-silent-connections", "64"
+    ]  # fmt: skip
 
 
 @pytest.mark.skipif(not HAS_ROUTER, reason="tgi_async.router.cli not built yet")
@@ -328,6 +335,9 @@ def test_router_cli_accepts_the_argv(config: LaunchConfig, clean_env: pytest.Mon
     assert parsed.waiting_served_ratio == config.waiting_served_ratio
     assert parsed.max_input_tokens == config.max_input_tokens
     assert parsed.api_key == config.api_key
+    assert parsed.http_header_timeout == config.http_header_timeout
+    assert parsed.http_body_timeout == config.http_body_timeout
+    assert parsed.http_max_silent_connections == config.http_max_silent_connections
 
 
 def test_tgi_shard_argv_and_env() -> None:

@@ -6,17 +6,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
-def serve(app: ASGIApp) -> Iterator[str]:
-    """Yields the base URL (http://127.0.0.1:PORT) while `app` is served; stops the server after."""
+def serve(app: ASGIApp, **config: Any) -> Iterator[str]:
+    """Yields the base URL (http://127.0.0.1:PORT) while `app` is served; stops the server after. `config`:
+    more `uvicorn.Config` arguments."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -106,6 +106,9 @@ def create_app(
         openapi_url=OPENAPI_URL,
         docs_url=DOCS_URL,
         redoc_url=None,
+        # NOTE: TGI answers 404 for `/generate/`; Starlette's slash redirect would echo the client's Host
+        # header in its Location.
+        redirect_slashes=False,
         # NOTE: our own spans (tgi_async.telemetry) cover the routes; FastAPI's built-in telemetry would
         # duplicate them whenever an OpenTelemetry provider exists.
         telemetry={"tracing": False, "metrics": False, "logs": False},

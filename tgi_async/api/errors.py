@@ -3,7 +3,8 @@
 `InferError.message` is the bare reason (e.g. "`top_p` must be > 0.0 and < 1.0"); the error's type adds
 TGI's prefix ("Input validation error: ..."). The exception handlers registered by `install_handlers` make
 sure no request ever gets a stack trace: unknown routes and methods get TGI's empty 404/405, request
-bodies that do not parse get axum's plain-text rejections (see body.py), anything unexpected a 500.
+bodies that do not parse get axum's plain-text rejections (see body.py), anything unexpected a 500. What a
+client does (a bad body, leaving before its body arrived) is never logged with a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from tgi_async.api.body import BodyRejection, rejection_from_errors
@@ -47,6 +49,7 @@ _FIXED_MESSAGE_BY_TYPE = {
 }
 
 JSON_HEADERS = {"content-type": "application/json"}
+CLIENT_CLOSED_REQUEST = 499  # never seen by the client: it is gone
 
 
 def error_message(error: InferError) -> str:
@@ -101,6 +104,15 @@ async def _on_http_exception(_request: Request, exc: Exception) -> Response:
     return Response(b"", status_code=exc.status_code, headers=exc.headers)
 
 
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # NOTE: a client leaving mid-body is its business, not an error of ours: one debug line, no traceback
+    # (a client that does this in a loop would otherwise fill the disk with two tracebacks per request).
+    assert isinstance(exc, ClientDisconnect)
+    client = request.client
+    log.debug("client left before its request body arrived", extra={"client": client and client.host})
+    return Response(b"", status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _on_unexpected(_request: Request, exc: Exception) -> Response:
     log.exception("unhandled error in request", exc_info=exc)
     body = ErrorResponse(error="Internal server error", error_type="internal")
@@ -113,4 +125,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BodyRejection, _on_body_rejection)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)

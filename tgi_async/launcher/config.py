@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tgi_async.router.http_limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_SILENT_CONNECTIONS,
+)
 from tgi_async.scheduler.config import (
     DEFAULT_HEALTH_STALL_S,
     DEFAULT_PREFILL_STEP_TOKENS,
@@ -140,6 +145,15 @@ class LaunchConfig:
     )
     health_stall_timeout: float = flag(
         DEFAULT_HEALTH_STALL_S, "float", "/health answers 503 while a shard call has run this long"
+    )
+    http_header_timeout: float = flag(
+        DEFAULT_HEADER_TIMEOUT_S, "float", "seconds a client may take to send a request's headers (0: none)"
+    )
+    http_body_timeout: float = flag(
+        DEFAULT_BODY_TIMEOUT_S, "float", "seconds a client may take to send a request's body (0: none)"
+    )
+    http_max_silent_connections: int = flag(
+        DEFAULT_MAX_SILENT_CONNECTIONS, "int", "connections open with no byte sent; past it the oldest closes"
     )
     shard: str = flag(
         "auto",

@@ -330,6 +330,12 @@ def router_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
         str(config.shard_call_timeout),
         "--health-stall-timeout",
         str(config.health_stall_timeout),
+        "--http-header-timeout",
+        str(config.http_header_timeout),
+        "--http-body-timeout",
+        str(config.http_body_timeout),
+        "--http-max-silent-connections",
+        str(config.http_max_silent_connections),
     ]
 
 

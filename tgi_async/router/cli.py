@@ -6,6 +6,11 @@ import argparse
 import os
 from typing import Any
 
+from tgi_async.router.http_limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_SILENT_CONNECTIONS,
+)
 from tgi_async.scheduler.config import (
     DEFAULT_HEALTH_STALL_S,
     DEFAULT_PREFILL_STEP_TOKENS,
@@ -102,6 +107,30 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         float,
         help="/health answers 503 while a shard call has been running this many seconds (env "
         "HEALTH_STALL_TIMEOUT)",
+    )
+    _flag(
+        parser,
+        "http-header-timeout",
+        DEFAULT_HEADER_TIMEOUT_S,
+        float,
+        help="seconds a connection may take to send a request's line and headers (from its opening, or from "
+        "the next request's first byte); then it is closed (0: no limit; env HTTP_HEADER_TIMEOUT)",
+    )
+    _flag(
+        parser,
+        "http-body-timeout",
+        DEFAULT_BODY_TIMEOUT_S,
+        float,
+        help="seconds a request's body may take after its headers; then 408 and the connection is closed "
+        "(0: no limit; env HTTP_BODY_TIMEOUT)",
+    )
+    _flag(
+        parser,
+        "http-max-silent-connections",
+        DEFAULT_MAX_SILENT_CONNECTIONS,
+        int,
+        help="connections open without having sent a byte; past it the oldest is closed (0: no limit; env "
+        "HTTP_MAX_SILENT_CONNECTIONS)",
     )
     _flag(parser, "otlp-file", None, help="also write spans as OTLP JSON lines to this file")
     _flag(parser, "logger-level", "INFO")

@@ -9,11 +9,14 @@ import logging
 import signal
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from tgi_async import event_loop
 from tgi_async.logs import setup_logging
 from tgi_async.memory import freeze_startup_objects
 from tgi_async.router.cli import NOT_APPLICABLE
+from tgi_async.router.http_guard import GuardedHttpToolsProtocol
+from tgi_async.router.http_limits import HttpLimits
 from tgi_async.router.startup import StartupError, connect, resolve_limits, warm_up
 from tgi_async.scheduler.config import SchedulerConfig
 from tgi_async.telemetry import setup_from_args
@@ -29,6 +32,19 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _uvicorn_config(app: ASGIApp, host: str, port: int, limits: HttpLimits) -> uvicorn.Config:
+    """uvicorn on httptools with the read limits it lacks (http_guard.py); no websockets (TGI has none)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=GuardedHttpToolsProtocol.bound(limits),
+        ws="none",
+        log_config=None,
+        access_log=False,
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     setup_logging(args.json_output, args.logger_level)
     setup_from_args(args, "text-generation-inference.router")  # before any client, scheduler or app exists
@@ -37,6 +53,9 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     if args.max_batch_size == 0:
         logger.error("`max_batch_size` must be > 0")
+        return 1
+    if min(args.http_header_timeout, args.http_body_timeout, args.http_max_silent_connections) < 0:
+        logger.error("`http_*_timeout` and `http_max_silent_connections` must be >= 0")
         return 1
     for name in NOT_APPLICABLE:
         if getattr(args, name) not in (None, False, "on", 1_073_741_824):
@@ -128,21 +147,14 @@ async def _serve(args: argparse.Namespace) -> int:
         tokenizer,
         extra_info={"scheduler": args.scheduler, "shard_device_type": info.device_type},
     )
-    servers = [
-        _Server(uvicorn.Config(app, host=args.hostname, port=args.port, log_config=None, access_log=False))
-    ]
+    limits = HttpLimits(
+        header_timeout=args.http_header_timeout,
+        body_timeout=args.http_body_timeout,
+        max_silent_connections=args.http_max_silent_connections,
+    )
+    servers = [_Server(_uvicorn_config(app, args.hostname, args.port, limits))]
     if args.prometheus_port and args.prometheus_port != args.port:
-        servers.append(
-            _Server(
-                uvicorn.Config(
-                    metrics_app(),
-                    host=args.hostname,
-                    port=args.prometheus_port,
-                    log_config=None,
-                    access_log=False,
-                )
-            )
-        )
+        servers.append(_Server(_uvicorn_config(metrics_app(), args.hostname, args.prometheus_port, limits)))
     freeze_startup_objects()
     scheduler.start()
     logger.info(

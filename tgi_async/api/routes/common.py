@@ -10,13 +10,13 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tgi_async.api.errors import CLIENT_CLOSED_REQUEST
 from tgi_async.api.protocol import StreamResponse, to_json
 from tgi_async.api.serving import Serving
 from tgi_async.api.sse import sse_error, sse_event
 from tgi_async.scheduler.request import InferError
 
 T = TypeVar("T")
-CLIENT_CLOSED_REQUEST = 499  # never seen by the client: it is gone
 
 
 def serving(request: Request) -> Serving:

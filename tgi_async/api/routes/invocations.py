@@ -7,9 +7,8 @@ ASGI middleware that rewrites the path and replays the body, so each target rout
 
 from __future__ import annotations
 
-import json
-
 from pydantic import ValidationError
+from pydantic_core import from_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tgi_async.api.body import DATA_PREFIX, BodyRejection, is_json_content_type
@@ -24,7 +23,9 @@ def target_path(content_type: str | None, body: bytes) -> str | None:
     if not is_json_content_type(content_type):
         return "/"  # answers 415 like any JSON route
     try:
-        data = json.loads(body)
+        # NOTE: the parser the routes use (pydantic's), so its nesting limit comes first: json.loads would
+        # raise RecursionError on 1,000 levels instead of a ValueError.
+        data = from_json(body)
     except ValueError:
         return "/"  # answers 400 with the parser's message
     try:
