@@ -109,15 +109,28 @@ async def test_clients_leaving_mid_stream_leave_nothing_behind(strict_stack) -> 
 
 @pytest.mark.parametrize("scheduler", ["async", "sync"])
 def test_a_shard_that_dies_ends_every_stream_and_health(tiny_model_dir: Path, scheduler: str) -> None:
+    """Issue 16, finding 4: the bodies used to carry gRPC's text with the shard's socket path
+    (`unix:/tmp/...: connect failed`), and /health said 200 for seconds after every call had failed."""
     shard, router, url = start_stack(tiny_model_dir, scheduler, "--fault", "40:die", "--eos-rate", "0")
     try:
-        client = Client(url, timeout=60)
+        body = {"inputs": "the shard dies under this stream", "parameters": {"max_new_tokens": 500}}
         started = time.monotonic()
-        with pytest.raises(Exception):  # noqa: B017 - the client's error type for a 424 / an error event
-            for _ in client.generate_stream("the shard dies under this stream", max_new_tokens=500):
-                pass
-        assert time.monotonic() - started < 10
-        assert httpx.get(f"{url}/health", timeout=10).status_code == 503
+        with httpx.Client(timeout=60) as client:
+            with client.stream("POST", f"{url}/generate_stream", json=body) as response:
+                events = [line for line in response.iter_lines() if line.startswith("data:")]
+            assert time.monotonic() - started < 10
+            assert '"error_type":"generation"' in events[-1], events[-1]
+            ended_at = time.monotonic()
+            assert client.get(f"{url}/health").status_code == 503
+            assert time.monotonic() - ended_at < 1.0
+            after = client.post(
+                f"{url}/generate", json={"inputs": "after", "parameters": {"max_new_tokens": 3}}
+            )
+        assert after.status_code == 424, after.text
+        for text in (events[-1], after.text):
+            assert '"Request failed during generation: Server error: ' in text, text
+            for leak in ("unix:", "/tmp", "connect", "ipv4", "grpc"):
+                assert leak not in text, text
     finally:
         router.stop()
         shard.stop()

@@ -212,9 +212,9 @@ async def _stream_items(
         except InferError as error:
             yield error
             return
-        except Exception as exc:  # a bug below us must still end the stream with an error event
+        except Exception:  # a bug below us must still end the stream with an error event
             log.exception("stream failed")
-            yield InferError(str(exc) or type(exc).__name__, "generation")
+            yield InferError("internal error", "generation")  # the log has the exception, not the client
             return
         metrics.REQUEST_FAILURE.labels("incomplete").inc()
         yield InferError("Incomplete generation stream", "incomplete_generation_stream")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Literal, TypeVar
+
+import grpc
 
 from tgi_async import metrics
 from tgi_async.client.shard_client import ShardError
@@ -207,5 +210,29 @@ class StepRunner:
 
 
 def generation_error(exc: ShardError) -> InferError:
-    """What a client sees when its shard call failed: TGI's generation error, without internal details."""
-    return InferError(exc.details or str(exc), "generation")
+    """What a client sees when its shard call failed: TGI's text ("Server error: " + the shard's message), but
+    never gRPC's own words about the transport, which name the shard's socket (the log line has them)."""
+    if exc.code in _SHARD_MESSAGE_CODES:
+        message = _PATHS.sub("<path>", exc.details or exc.code.name)
+    elif exc.timed_out:
+        message = "the model shard did not answer in time"
+    elif exc.code == grpc.StatusCode.UNKNOWN:  # an exception the shard did not turn into a status
+        message = "the model shard failed"
+    else:  # UNAVAILABLE, CANCELLED, ...: the transport's own words ("Socket closed", "Stream removed")
+        message = "the model shard is unavailable"
+    return InferError(f"Server error: {message}", "generation")
+
+
+# Statuses a shard sets itself with its own message (TGI's shards: INTERNAL with the exception's text).
+_SHARD_MESSAGE_CODES = frozenset(
+    {
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+# A file or socket path in a shard's message (`unix:/tmp/x/shard-0`, `/usr/lib/python3/...`): not for clients.
+_PATHS = re.compile(r"(?<![\w.])(?:unix:)?(?:/[\w.@%+~-]+){2,}/?")
