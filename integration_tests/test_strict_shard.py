@@ -137,6 +137,21 @@ def test_a_shard_that_dies_ends_every_stream_and_health(tiny_model_dir: Path, sc
 
 
 @pytest.mark.parametrize("scheduler", ["async", "sync"])
+def test_health_is_red_as_soon_as_an_idle_shard_is_gone(tiny_model_dir: Path, scheduler: str) -> None:
+    """Issue 16, finding 4: after a success /health answered 200 for 5 s without asking the shard."""
+    shard, router, url = start_stack(tiny_model_dir, scheduler)
+    try:
+        with httpx.Client(timeout=30) as client:
+            ok = client.post(f"{url}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+            assert ok.status_code == 200 and client.get(f"{url}/health").status_code == 200
+            shard.popen.kill()
+            shard.popen.wait()
+            assert client.get(f"{url}/health").status_code == 503
+    finally:
+        router.stop()
+
+
+@pytest.mark.parametrize("scheduler", ["async", "sync"])
 def test_a_hung_shard_fails_its_requests_and_health_within_5_s(tiny_model_dir: Path, scheduler: str) -> None:
     shard, router, url = start_stack(
         tiny_model_dir,

@@ -34,7 +34,6 @@ class StepRunner:
     def __init__(self, client: ShardedClient, state: SchedulerState) -> None:
         self.client = client
         self.state = state
-        self.last_success = 0.0  # monotonic time of the last step that worked (health)
         self.in_flight: dict[asyncio.Future, float] = {}  # calls at the shard -> when they were sent
         self.shard_gone = False  # a call found no shard behind the socket (health says so at once)
         self.healthy = True  # TGI's generation health: false from a failed step until one succeeds
@@ -90,7 +89,6 @@ class StepRunner:
         metrics.BATCH_INFERENCE_DURATION.labels(method=method).observe(time.monotonic() - start)
         metrics.BATCH_INFERENCE_SUCCESS.labels(method=method).inc()
         metrics.SHARD_BUSY_SECONDS.inc(t.total_ns / 1e9)
-        self.last_success = time.monotonic()
         self.shard_gone, self.healthy = False, True
         step.done(result)
         return result
