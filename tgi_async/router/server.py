@@ -11,7 +11,7 @@ import signal
 import uvicorn
 from starlette.types import ASGIApp
 
-from tgi_async import event_loop
+from tgi_async import event_loop, metrics
 from tgi_async.logs import setup_logging
 from tgi_async.memory import freeze_startup_objects
 from tgi_async.router.cli import NOT_APPLICABLE
@@ -108,6 +108,7 @@ async def _serve(args: argparse.Namespace) -> int:
         limits.max_batch_total_tokens,
         extra={"max_input_tokens": limits.max_input_tokens, "max_total_tokens": limits.max_total_tokens},
     )
+    metrics.BATCH_MAX_TOTAL_TOKENS.set(limits.max_batch_total_tokens)
     tokenizer = await asyncio.to_thread(load_tokenizer, args)
     scheduler_config = SchedulerConfig(
         policy=args.scheduler,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from tgi_async import metrics
@@ -164,6 +165,7 @@ class AsyncScheduler(SchedulerCore):
         self._stepped(call, answer)
 
     def _stepped(self, call: Call, result: StepResult) -> None:
+        recording_since = time.monotonic()
         self.pipeline.count(result)
         self.unpublished.extend(self.steps.record(result))
         if self.state.waiting:
@@ -176,6 +178,9 @@ class AsyncScheduler(SchedulerCore):
             for generation in result.generations:
                 self.state.release(generation.request_id)
             self.wakeup.set()
+        # NOTE: TGI's span also holds the FilterBatch call; here filters are pipelined calls of their own.
+        method = "prefill" if call.new_batch is not None else "decode"
+        metrics.BATCH_FILTER_DURATION.labels(method=method).observe(time.monotonic() - recording_since)
 
     def _sent_batch(self, call: Call) -> CachedBatch:
         ids = call.keep + tuple(r.id for r in call.rows)
@@ -211,10 +216,7 @@ class AsyncScheduler(SchedulerCore):
             failed.update(r.id for r in lost.rows)
             batches.update((lost.batch_id, *(b.id for b in lost.prefilled)))
         self._publish()  # what the shard produced before goes out first
-        for request_id in failed:
-            entry = self.state.running.get(request_id)
-            if entry is not None:
-                entry.fail(error)  # at once: no client waits for the calls in flight
+        self.steps.fail(failed, error)  # at once: no client waits for the calls in flight
         while pipeline.calls:
             await pipeline.receive()
         pipeline.clear()

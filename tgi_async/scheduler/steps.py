@@ -82,8 +82,8 @@ class StepRunner:
             metrics.BATCH_INFERENCE_FAILURE.labels(method=method).inc()
             raise
         t = result.timings
-        if t.concat_ns is not None:
-            metrics.BATCH_CONCAT_DURATION.labels(method=method).observe(t.concat_ns / 1e9)
+        if t.concat_ns is not None:  # NOTE: TGI labels it "decode" whatever the method (backend.rs)
+            metrics.BATCH_CONCAT_DURATION.labels(method="decode").observe(t.concat_ns / 1e9)
         metrics.BATCH_FORWARD_DURATION.labels(method=method).observe(t.forward_ns / 1e9)
         metrics.BATCH_DECODE_DURATION.labels(method=method).observe(t.decode_ns / 1e9)
         metrics.BATCH_INFERENCE_DURATION.labels(method=method).observe(time.monotonic() - start)
@@ -108,13 +108,12 @@ class StepRunner:
         """Account each generation to its request now; returns the events to publish to the clients later
         (the async loop queues its next shard call first)."""
         running = self.state.running
-        speculating = self.state.shape.speculate > 0
         records = []
         for generation in result.generations:
             entry = running.get(generation.request_id)
             if entry is not None:
-                if speculating:  # NOTE: TGI observes n - 1 per generation; without speculation it is always 0
-                    metrics.REQUEST_SKIPPED_TOKENS.observe(len(generation.tokens) - 1)
+                if entry.live:  # TGI observes what it sends (a flash shard keeps stepping finished rows)
+                    metrics.REQUEST_SKIPPED_TOKENS.observe(len(generation.tokens) - 1)  # 0 unless speculating
                 records.append((entry, entry.record(generation)))
         return records
 
@@ -134,14 +133,20 @@ class StepRunner:
                 metrics.REQUEST_FAILURE.labels(err="dropped").inc()
             self.state.release(request_id)
 
-    def fail_requests(self, request_ids: Iterable[int], error: InferError) -> None:
-        """A step failed: every request gets `error` (if it has not ended) and frees its KV blocks."""
+    def fail(self, request_ids: Iterable[int], error: InferError) -> None:
+        """A step failed: every request of it that has not ended gets `error` (counted as TGI counts it)."""
         self.healthy = False
         for request_id in request_ids:
             entry = self.state.running.get(request_id)
             if entry is not None and not entry.ended:
                 entry.fail(error)
                 metrics.REQUEST_FAILURE.labels(err="generation").inc()
+
+    def fail_requests(self, request_ids: Iterable[int], error: InferError) -> None:
+        """`fail` them, and free their KV blocks (no call in flight may write them any more)."""
+        request_ids = list(request_ids)
+        self.fail(request_ids, error)
+        for request_id in request_ids:
             self.state.release(request_id, kv_intact=False)
 
     async def clear(self, batch_ids: Iterable[int]) -> None:
@@ -157,18 +162,22 @@ class StepRunner:
         """Prefill `batch` (joined to `cached_batch` on chunking shards), deliver, filter."""
         ids = [r.id for r in batch.requests] + list(cached_batch.request_ids if cached_batch else ())
         failed_batches = [batch.id] + ([cached_batch.id] if cached_batch else [])
-        result = await self._step(ids, failed_batches, lambda: self.start_prefill(batch, cached_batch))
-        return None if result is None else await self.filter(result.batch)
+        start = lambda: self.start_prefill(batch, cached_batch)  # noqa: E731
+        return await self._step("prefill", ids, failed_batches, start)
 
     async def decode(self, batches: Sequence[CachedBatch]) -> CachedBatch | None:
         ids = [i for b in batches for i in b.request_ids]
-        result = await self._step(ids, [b.id for b in batches], lambda: self.start_decode(batches))
-        return None if result is None else await self.filter(result.batch)
+        return await self._step("decode", ids, [b.id for b in batches], lambda: self.start_decode(batches))
 
     async def _step(
-        self, request_ids: list[int], batch_ids: list[int], start: Callable[[], Awaitable[StepResult]]
-    ) -> StepResult | None:
-        """One step, executed synchronously: call, deliver, free what the shard dropped; errors fail it."""
+        self,
+        method: Method,
+        request_ids: list[int],
+        batch_ids: list[int],
+        start: Callable[[], Awaitable[StepResult]],
+    ) -> CachedBatch | None:
+        """One step, executed synchronously: call, deliver, free what the shard dropped, filter; errors fail
+        it. Returns the batch left at the shard."""
         try:
             result = await start()
         except ShardError as exc:
@@ -176,12 +185,16 @@ class StepRunner:
             self.fail_requests(request_ids, generation_error(exc))
             await self.clear(batch_ids)
             return None
+        filtering_since = time.monotonic()
         self.deliver(result)
         kept = set(result.batch.request_ids) if result.batch is not None else set()
         for request_id in request_ids:  # the shard dropped a wholly finished batch
             if request_id not in kept:
                 self.state.release(request_id)
-        return result
+        batch = await self.filter(result.batch)
+        # TGI's span: from the answer through sending the tokens and FilterBatch
+        metrics.BATCH_FILTER_DURATION.labels(method=method).observe(time.monotonic() - filtering_since)
+        return batch
 
     async def filter(self, batch: CachedBatch | None) -> CachedBatch | None:
         """Remove finished and abandoned requests from `batch` at the shards and free their blocks.
@@ -194,7 +207,6 @@ class StepRunner:
         keep = [i for i in batch.request_ids if (e := running.get(i)) is not None and e.live]
         if len(keep) == len(batch.request_ids):
             return batch
-        start = time.monotonic()
         try:
             answer = await self.start_filter(batch, keep)
         except ShardError as exc:
@@ -203,7 +215,6 @@ class StepRunner:
             await self.clear([batch.id])
             return None
         self.filtered(batch, keep)
-        metrics.BATCH_FILTER_DURATION.labels(method="decode").observe(time.monotonic() - start)
         return answer
 
 
