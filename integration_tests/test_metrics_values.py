@@ -85,3 +85,42 @@ def test_failed_steps_count_generation_failures(tiny_model_dir: Path, scheduler:
     assert failed > 0, lasts
     # NOTE: prometheus_client's parser names counters `_total` (the text has TGI's `tgi_request_failure`)
     assert after[("tgi_request_failure_total", (("err", "generation"),))] == failed
+
+
+def test_endpoint_picker_gauges_follow_the_state(tiny_model_dir: Path) -> None:
+    """Issue 15, scale-out: the Gateway API Inference Extension's endpoint picker reads a KV-cache utilization
+    gauge (0-1), the cache layout and LoRA info (vLLM's label names); tgi-async had none of them. The shard
+    hangs on its 3rd step, so the requests hold their KV while /metrics is read."""
+    shard, router, url = start_stack(tiny_model_dir, "async", "--fault", "3:hang")
+    try:
+        idle = samples(url)
+
+        async def scrape_while_running() -> dict:
+            async def adapter_request() -> str:
+                body = {"inputs": "lora", "parameters": {"max_new_tokens": 30, "adapter_id": "my-adapter"}}
+                async with httpx.AsyncClient(timeout=60) as client:
+                    return (await client.post(f"{url}/generate", json=body)).text
+
+            requests = asyncio.gather(stream_all(url, 3, 30), adapter_request())
+            try:
+                for _ in range(200):
+                    scrape = await asyncio.to_thread(samples, url)
+                    if scrape[("tgi_async_kv_cache_usage_perc", ())] > 0 and "my-adapter" in str(scrape):
+                        return scrape
+                    await asyncio.sleep(0.05)
+                raise AssertionError(f"no KV-cache use or adapter while requests ran: {scrape}")
+            finally:
+                requests.cancel()
+
+        running = asyncio.run(scrape_while_running())
+    finally:
+        router.stop()
+        shard.stop()
+
+    assert idle[("tgi_async_kv_cache_usage_perc", ())] == 0
+    assert 0 < running[("tgi_async_kv_cache_usage_perc", ())] < 1
+    (layout,) = [dict(labels) for (name, labels) in running if name == "tgi_async_cache_config_info"]
+    assert layout["block_size"] == "1" and int(layout["num_gpu_blocks"]) > 0
+    (lora,) = [dict(labels) for (name, labels) in running if name == "tgi_async_lora_requests_info"]
+    assert lora["max_lora"] == "0"
+    assert {lora["running_lora_adapters"], lora["waiting_lora_adapters"]} == {"my-adapter", ""}

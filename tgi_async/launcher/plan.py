@@ -339,8 +339,10 @@ def router_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
     ]
 
 
-def router_env(facts: Facts, resolved: Resolved) -> dict[str, str]:
+def router_env(facts: Facts, resolved: Resolved, lora_adapters: str | None = None) -> dict[str, str]:
     env = common_env(facts, resolved)
+    if lora_adapters is not None:  # the shard loads them; the router's LoRA gauge counts them
+        env["LORA_ADAPTERS"] = lora_adapters
     if "HF_API_TOKEN" in facts.environ:
         env["HF_TOKEN"] = facts.environ["HF_API_TOKEN"]
     if resolved.compute_type is not None:
@@ -388,7 +390,7 @@ def plan(config: LaunchConfig, facts: Facts) -> LaunchPlan:
         router=Command(
             "router",
             tuple(tgi_async_command("router", *router_args(config, resolved))),
-            router_env(facts, resolved),
+            router_env(facts, resolved, config.lora_adapters),
         ),
         notes=notes(config, resolved),
     )

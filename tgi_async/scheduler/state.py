@@ -24,6 +24,7 @@ class SchedulerState:
         self, shape: ShardShape, max_batch_total_tokens: int, window_size: int | None = None
     ) -> None:
         self.shape = shape
+        self.max_batch_total_tokens = max_batch_total_tokens
         self.allocator: BlockAllocator | RadixAllocator | None = None
         if shape.prefix_caching and not shape.requires_padding:
             self.allocator = RadixAllocator(max_batch_total_tokens, shape.block_size)
@@ -38,6 +39,21 @@ class SchedulerState:
     @property
     def queue_size(self) -> int:
         return len(self.waiting)
+
+    def kv_cache_usage(self) -> float:
+        """Fraction of the KV cache the running requests hold (cached prefixes nobody reads count as free:
+        they are evicted on demand); padded shards: their reserved tokens over the batch's token budget."""
+        if self.allocator is None:
+            reserved = sum(e.request.input_length + e.max_new_tokens for e in self.running.values())
+            return min(reserved / self.max_batch_total_tokens, 1.0)
+        held = {b for e in self.running.values() if e.allocation is not None for b in e.allocation.blocks}
+        return len(held) / max(self.allocator.total_blocks - 1, 1)  # block 0 is never handed out
+
+    def adapters(self) -> tuple[set[str], set[str]]:
+        """The LoRA adapters the running and the waiting requests ask for."""
+        running = {e.request.adapter_id for e in self.running.values() if e.request.adapter_id}
+        waiting = {e.request.adapter_id for e in self.waiting if e.request.adapter_id}
+        return running, waiting
 
     def append(self, request: GenerateRequest) -> Entry:
         entry = Entry(id=self._next_request_id, request=request)
