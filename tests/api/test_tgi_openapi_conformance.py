@@ -10,7 +10,9 @@ documented schema (SSE events included, each event's JSON), and name no internal
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -102,3 +104,30 @@ def test_every_documented_operation_was_exercised(tgi_schema, cases_seen):
     assert len(operations) == 13
     assert set(cases_seen) == operations, operations - set(cases_seen)
     print(f"schemathesis cases per operation: {dict(cases_seen)}; total {sum(cases_seen.values())}")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "flagged"),
+    [
+        (424, b'{"error":"Request failed during generation: unix:/tmp/t/shard-0: connect failed"}', True),
+        (500, b'{"error":"x","error_type":"y","trace":"Traceback (most recent call last):"}', True),
+        (422, b'{"error":"Input validation error","error_type":"validation","detail":1}', True),
+        (422, b'{"error":"Input validation error","error_type":"validation"}', False),
+        (200, b'{"model_id":"/models/m"}', False),  # the served model's own path is no leak
+    ],
+)
+def test_no_internal_detail_check(status, body, flagged):
+    """The check above can fail: on a socket path, a traceback, an error body not in TGI's shape."""
+    response = SimpleNamespace(
+        status_code=status,
+        text=body.decode(),
+        headers={"content-type": ["application/json"]},
+        json=lambda: json.loads(body),
+    )
+    case = SimpleNamespace(operation=SimpleNamespace(label="POST /generate"))
+    check = no_internal_detail("/models/m")
+    if flagged:
+        with pytest.raises(AssertionError):
+            check(None, response, case)
+    else:
+        check(None, response, case)
