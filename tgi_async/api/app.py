@@ -21,7 +21,7 @@ from tgi_async.api import protocol as p
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import install_handlers
 from tgi_async.api.middleware import ApiKey, BodyLimit, Cors
-from tgi_async.api.routes import generate, info
+from tgi_async.api.routes import generate, info, vertex
 from tgi_async.api.routes.invocations import InvocationsDispatch
 from tgi_async.api.serving import Serving
 from tgi_async.api.validation import Validator
@@ -33,7 +33,7 @@ OPENAPI_URL = "/api-doc/openapi.json"
 DOCS_URL = "/docs"
 OPENAI_ROUTES = "tgi_async.api.routes.openai_compat"
 # Request bodies parsed by hand (body.py) still documented in the OpenAPI components.
-REQUEST_MODELS = (p.GenerateRequest, p.CompatGenerateRequest, generate.VertexRequest)
+REQUEST_MODELS = (p.GenerateRequest, p.CompatGenerateRequest, vertex.VertexRequest)
 
 
 def build_info(config: ApiConfig, extra_info: dict[str, Any] | None = None) -> p.Info:
@@ -121,6 +121,7 @@ def create_app(
     install_handlers(app)
     _add_routes(app, info.router)
     _add_routes(app, generate.router)
+    _add_routes(app, vertex.router)
     try:
         openai_compat = importlib.import_module(OPENAI_ROUTES)
     except ModuleNotFoundError as exc:

@@ -7,6 +7,7 @@ routes), `stream_responses` its `generate_stream_internal`: headers now, then `S
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -220,3 +221,20 @@ async def _stream_items(
         yield InferError("Incomplete generation stream", "incomplete_generation_stream")
     finally:
         await stream.aclose()
+
+
+async def generate_all(serving: Serving, requests: list[p.GenerateRequest]) -> list[GenerateResult]:
+    """All requests at once; the first error cancels the others and is raised (TGI's `try_collect`)."""
+    if len(requests) == 1:
+        return [await generate_response(serving, requests[0])]
+    tasks = [asyncio.ensure_future(generate_response(serving, r)) for r in requests]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
