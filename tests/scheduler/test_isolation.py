@@ -150,3 +150,30 @@ async def test_a_poison_request_joining_a_running_batch_leaves_it_streaming(poli
     assert results[4][0] == [] and "cannot be built" in results[4][1]
     assert shard.violations == []
     conserved(scheduler, shard)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("fault", range(2, 12))
+async def test_a_failure_that_loses_the_running_batch_fails_its_requests_and_nothing_hangs(
+    policy: str, fault: int
+) -> None:
+    """An injected step failure (the shard pops the batches the call names, then raises: a failure after
+    from_pb) among the calls around a poison joining a running stream: the poison never ends well, everything
+    ends (whole, or failed by a call that touched it), the shard keeps no batch and every block comes back."""
+    shard = strict("flashinfer", step_ms=1.0, fault=(fault, "fail"))
+    shard.shard.refuse_prompts = (POISON,)
+    scheduler = await start_scheduler(shard, policy)
+    try:
+        running = asyncio.ensure_future(outcome(scheduler, request("running", 16, 30)))
+        await asyncio.sleep(0.01)
+        joining = [request(f"join{i}", 8, 10) for i in range(4)] + [request(POISON, 8, 10)]
+        results = await asyncio.wait_for(asyncio.gather(*(outcome(scheduler, r) for r in joining)), 30)
+        streamed = await asyncio.wait_for(running, 30)
+        await settle(scheduler)
+    finally:
+        await scheduler.stop()
+    assert results.pop()[1].startswith("Server error: ")  # its own refusal, or a failure that touched it
+    for (positions, how), count in [*((r, 10) for r in results), (streamed, 30)]:
+        assert (how == "end" and positions == list(range(1, count + 1))) or how.startswith("Server error: ")
+    assert shard.violations == []
+    conserved(scheduler, shard)
