@@ -123,6 +123,10 @@ class _Metric:
     def observe(self, value: float) -> None:
         self._child(()).observe(value)
 
+    def value(self) -> float:
+        """The unlabeled series' value (counters and gauges; tests)."""
+        return self._child(()).value
+
     def clear(self) -> None:
         """Forget every series (tests)."""
         with self._lock:
@@ -398,6 +402,12 @@ PREFIX_CACHED_TOKENS = _histogram(
 # earlier.
 VANISHED_BATCH_CALLS = _counter(
     "tgi_async_vanished_batch_calls", "Pipelined calls that met a batch the shard had dropped"
+)
+# Prefills sent again with part of a failed Prefill's requests, to find the one that failed it (scheduler/
+# isolation.py; TGI fails the whole batch).
+PREFILL_ISOLATION_RETRIES = _counter(
+    "tgi_async_prefill_isolation_retries",
+    "Prefills sent again with part of a failed batch's requests, to find the request that failed it",
 )
 
 # Kubernetes Gateway API Inference Extension (model-server protocol, vLLM semantics; docs/deploy.md has the

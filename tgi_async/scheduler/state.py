@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from tgi_async import metrics
 from tgi_async.client.types import NewBatch, NewRequest
@@ -120,6 +121,24 @@ class SchedulerState:
         self._next_batch_id += 1
         metrics.BATCH_NEXT_SIZE.observe(len(requests))
         return batch, entries, plan
+
+    def rebatch(self, batch: NewBatch, request_ids: Sequence[int]) -> NewBatch:
+        """`request_ids` of `batch`, with the same KV placement, in a batch of a new id (a failed Prefill's
+        requests tried again: a shard never caches a failed batch, and an id is never sent twice)."""
+        keep = set(request_ids)
+        requests = tuple(r for r in batch.requests if r.id in keep)
+        if self.shape.requires_padding or self.allocator is None:  # padded: all as long as the longest
+            prompt_tokens = len(requests) * max(r.request.input_length for r in requests)
+        else:
+            prompt_tokens = sum(r.chunk_len or r.request.input_length - r.cache_len for r in requests)
+        new_batch = NewBatch(
+            id=self._next_batch_id,
+            requests=requests,
+            max_tokens=prompt_tokens + sum(r.request.stopping.max_new_tokens for r in requests),
+            max_blocks=max(len(r.blocks) for r in requests),
+        )
+        self._next_batch_id += 1
+        return new_batch
 
     def _take(self, ids: set[int]) -> dict[int, Entry]:
         """Remove `ids` from the queue; they all lie in the prefix the policy read."""

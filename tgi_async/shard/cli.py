@@ -92,6 +92,13 @@ def add_parser(subparsers) -> None:
     )
     simulate.add_argument("--fault-rate", type=float, default=0.0, help="chance each step call fails")
     simulate.add_argument(
+        "--refuse-prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="test only: a Prefill with a prompt holding TEXT fails (INTERNAL), as TGI's on a bad request",
+    )
+    simulate.add_argument(
         "--request-logprobs", action="store_true", help="flash: TGI's REQUEST_LOGPROBS=1 (prompt logprobs)"
     )
     serve.set_defaults(func=run)
