@@ -130,7 +130,7 @@ def facts(**kwargs) -> Facts:
 def test_defaults_are_tgis(clean_env: pytest.MonkeyPatch) -> None:
     config = parse()
     assert {name: getattr(config, name) for name in TGI_DEFAULTS} == TGI_DEFAULTS
-    assert (config.scheduler, config.shard, config.unknown_args) == ("async", "auto", ())
+    assert (config.scheduler, config.shard) == ("async", "auto")
 
 
 def test_every_tgi_flag_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
@@ -156,7 +156,7 @@ def test_every_tgi_flag_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
     assert config.max_input_tokens == 100 and config.cuda_graphs == (1, 2, 0) and config.port == 8080
     assert config.cors_allow_origin == ("a", "b") and config.sharded is False and config.rope_factor == 2.0
     assert config.graceful_termination_timeout == 5 and config.env and config.ngrok
-    assert (config.scheduler, config.shard, config.unknown_args) == ("sync", "bundled", ())
+    assert (config.scheduler, config.shard) == ("sync", "bundled")
 
 
 def test_env_vars_and_cli_precedence(clean_env: pytest.MonkeyPatch) -> None:
@@ -193,15 +193,51 @@ def test_bad_values_are_clear_errors(clean_env: pytest.MonkeyPatch, capsys: pyte
         parse()
 
 
-def test_unknown_flags_are_accepted_and_noted(clean_env: pytest.MonkeyPatch) -> None:
-    config = parse("--model-id", "m", "--max-image-fetch-size", "7", "--some-new-flag")
-    assert config.model_id == "m"
-    assert config.unknown_args == ("--max-image-fetch-size", "7", "--some-new-flag")
-    lines = notes(config, resolve(config, facts()))
-    assert lines[:2] == (
-        "--max-image-fetch-size: accepted, not applicable",
-        "--some-new-flag: accepted, not applicable",
-    )
+@pytest.mark.parametrize(
+    ("argv", "flag", "tip"),
+    [
+        (("--prot", "3001"), "--prot", "--port"),
+        (("--max-concurent-requests", "1"), "--max-concurent-requests", "--max-concurrent-requests"),
+        (("--model-id", "m", "--some-new-flag", "3"), "--some-new-flag", None),
+        # TGI's router has it, not its launcher
+        (("--max-image-fetch-size=7",), "--max-image-fetch-size", None),
+    ],
+)
+def test_unknown_flags_exit_2_naming_them(
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    argv: tuple[str, ...],
+    flag: str,
+    tip: str | None,
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(*argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: unexpected argument '{flag}' found")  # clap's words, as TGI's launcher
+    if tip is not None:
+        assert f"tip: a similar argument exists: '{tip}'" in err
+
+
+def test_router_rejects_unknown_flags(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser("router").parse_args(["router", "--prot", "3001"])
+    assert exited.value.code == 2
+    assert "error: unexpected argument '--prot' found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["launch", "router"])
+def test_help_shows_env_and_defaults_and_version(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        build_parser(command).parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "port the router listens on [env: PORT=] [default: 3000]" in text
+    assert "[env: PROMETHEUS_PORT=] [default: 9000]" in text
+    assert "--max-batch-total-tokens MAX" in text or "--max-batch-total-tokens INT" in text
+    with pytest.raises(SystemExit) as exited:
+        build_parser(command).parse_args([command, "--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("tgi-async ")
 
 
 @pytest.mark.parametrize(
@@ -385,7 +421,7 @@ def test_bundled_shard_argv_and_env() -> None:
     (shard,) = launch.shards
     assert shard.argv == (
         sys.executable, "-m", "tgi_async.cli", "shard", "serve", "/models/tiny",
-        "--uds-path", "/tmp/text-generation-server", "--logger-level", "INFO",
+        "--uds-path", "/tmp/text-generation-server", "--logger-level", "INFO", "--json-output",
         "--otlp-service-name", "text-generation-inference.router", "--max-input-tokens", "100",
     )  # fmt: skip
     assert (

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import uuid
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -145,7 +147,12 @@ async def _serve(args: argparse.Namespace) -> int:
         api_config,
         scheduler,
         tokenizer,
-        extra_info={"scheduler": args.scheduler, "shard_device_type": info.device_type},
+        extra_info={
+            "scheduler": args.scheduler,
+            "shard_device_type": info.device_type,
+            # which router answers this port: the launcher checks it is the one it started
+            "instance_id": os.environ.get("TGI_ASYNC_INSTANCE_ID") or uuid.uuid4().hex,
+        },
     )
     limits = HttpLimits(
         header_timeout=args.http_header_timeout,
