@@ -190,19 +190,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_cli_refuses_what_the_bundled_shard_cannot_do(tiny_model_dir):
+    # NOTE: logs go to stdout, as TGI's shard's do
     model = str(tiny_model_dir)
     result = run_cli(model, "--quantize", "gptq")
     assert result.returncode == 2
-    assert "quantization gptq is not supported by the bundled shard; use TGI's shard" in result.stderr
+    assert "quantization gptq is not supported by the bundled shard; use TGI's shard" in result.stdout
     result = run_cli(model, env={"WORLD_SIZE": "2", "RANK": "1"})
-    assert result.returncode == 2 and "no tensor parallelism" in result.stderr
+    assert result.returncode == 2 and "no tensor parallelism" in result.stdout
     result = run_cli(model, "--lora-adapters", "some/adapter")
-    assert result.returncode == 2 and "LoRA" in result.stderr
+    assert result.returncode == 2 and "LoRA" in result.stdout
     result = run_cli(model, "--speculate", "2")
-    assert result.returncode == 2 and "speculation" in result.stderr
+    assert result.returncode == 2 and "speculation" in result.stdout
     result = run_cli("no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
-    assert "MODEL_ID is not a local directory and the hub is unreachable" in result.stderr
+    assert "MODEL_ID is not a local directory and the hub is unreachable" in result.stdout
 
 
 async def test_truncate_keeps_the_last_tokens_and_special_tokens_are_optional(stub, reference):

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from tgi_async.launcher.launch import launch
     from tgi_async.logs import setup_logging
 
-    setup_logging(json_output=args.json_output, level=_log_level(dict(os.environ)))
+    setup_logging(json_output=args.json_output, level=_log_level(dict(os.environ)), style="launcher")
     try:
         return launch(config_from_args(args))
     except LaunchError as exc:

@@ -146,10 +146,10 @@ async def chat_completions(request: Request) -> Response:
     fingerprint = system_fingerprint(config)
     logprobs = bool(chat.logprobs)
     if chat.stream:
-        headers, items = stream_responses(serving, generate)
+        headers, items = stream_responses(serving, generate, "chat_completions")
         events = _chat_events(items, model, fingerprint, logprobs, chat.stream_options.include_usage)
         return SSEResponse(events, headers)
-    result = await until_disconnect(request, generate_response(serving, generate))
+    result = await until_disconnect(request, generate_response(serving, generate, "chat_completions"))
     if isinstance(result, Response):
         return result
     details = result.response.details
@@ -241,7 +241,7 @@ async def completions(request: Request) -> Response:
     requests = [p.GenerateRequest(inputs=prompt, parameters=parameters) for prompt in completion.prompt]
     fingerprint = system_fingerprint(config)
     if completion.stream:
-        streams = [stream_responses(serving, generate) for generate in requests]
+        streams = [stream_responses(serving, generate, "completions") for generate in requests]
         headers = {
             "x-compute-type": streams[0][0]["x-compute-type"],
             "x-compute-characters": str(sum(int(h["x-compute-characters"]) for h, _ in streams)),
@@ -275,8 +275,8 @@ async def completions(request: Request) -> Response:
 async def _generate_all(serving: Serving, requests: list[p.GenerateRequest]) -> list[GenerateResult]:
     """All requests at once; the first error cancels the others and is raised (TGI's `try_collect`)."""
     if len(requests) == 1:
-        return [await generate_response(serving, requests[0])]
-    tasks = [asyncio.ensure_future(generate_response(serving, r)) for r in requests]
+        return [await generate_response(serving, requests[0], "completions")]
+    tasks = [asyncio.ensure_future(generate_response(serving, r, "completions")) for r in requests]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in tasks:
