@@ -7,14 +7,13 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import grpc
 import grpc.aio
 from shard_helpers import MAX_PREFILL_TOKENS, Blocks, batch, expect_error, request, router_warmup_request
 
-from tgi_async.launcher.processes import tgi_async_command
+from tgi_async.launcher.processes import short_tmp_dir, tgi_async_command
 from tgi_async.proto import ShardStub, pb
 
 U64_MAX = (1 << 64) - 1
@@ -144,7 +143,7 @@ async def test_finished_requests_stay_until_filtered_and_are_not_computed(stub, 
 
 def test_stale_socket_replaced_and_sigterm_removes_the_socket(tiny_model_dir, tmp_path):
     # what a killed shard leaves behind: a socket file nobody listens on
-    directory = tempfile.mkdtemp(prefix="tgia-stale-", dir="/tmp")
+    directory = short_tmp_dir("tgia-stale-")
     uds = os.path.join(directory, "shard")
     socket_path = f"{uds}-0"
     stale = socket.socket(socket.AF_UNIX)

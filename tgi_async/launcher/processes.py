@@ -192,11 +192,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def short_tmp_dir() -> str:
-    """A short directory for Unix sockets (their paths are limited to ~100 bytes)."""
+TMP_ROOT_ENV = "TGI_ASYNC_TMP_ROOT"
+
+
+def short_tmp_dir(prefix: str = "tgia-") -> str:
+    """A short directory for Unix sockets (their paths are limited to ~100 bytes): under /tmp, or under
+    $TGI_ASYNC_TMP_ROOT when set (a test session sets it and removes it when it ends)."""
     import tempfile
 
-    return tempfile.mkdtemp(prefix="tgia-", dir="/tmp")
+    return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get(TMP_ROOT_ENV) or "/tmp")
 
 
 def start_bundled_shard(
