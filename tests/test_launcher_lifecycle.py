@@ -20,7 +20,7 @@ import pytest
 
 from tests.launcher_fakes import alive, children_of, fake_tgi_env, free_port, launch_argv
 from tgi_async.launcher.launch import router_ready
-from tgi_async.launcher.processes import short_tmp_dir
+from tgi_async.launcher.processes import short_tmp_dir, tgi_async_command
 
 
 @pytest.fixture
@@ -200,3 +200,19 @@ def test_second_launch_on_a_busy_port_fails_fast_and_the_first_keeps_serving(
     launcher.kill()  # SIGKILL: no clean-up from the launcher itself
     launcher.wait(timeout=30)
     _wait_for(lambda: not any(alive(pid) for pid in children), 30, "no router or shard left after SIGKILL")
+
+
+@pytest.mark.parametrize("flag", ["--port", "--prometheus-port"])
+def test_router_on_a_busy_port_says_so_in_one_line(flag: str) -> None:
+    """Checked before it connects to any shard: one line, no traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = {"--port": str(free_port()), "--prometheus-port": str(free_port()), flag: str(taken)}
+        argv = tgi_async_command("router", "--hostname", "127.0.0.1", "--master-shard-uds-path", "/none-0")
+        argv += [arg for item in ports.items() for arg in item]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 1
+    assert len(lines) == 1 and f"{flag} {taken}: address 127.0.0.1:{taken} is already in use" in lines[0]
