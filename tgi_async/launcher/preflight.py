@@ -70,7 +70,7 @@ def check_free(config: LaunchConfig, sockets: tuple[str, ...]) -> None:
 
 
 def _looks_like_path(model_id: str) -> bool:
-    return model_id.startswith(("/", "./", "../", "~")) or model_id in (".", "..") or os.sep * 2 in model_id
+    return model_id.startswith(("/", "./", "../", "~")) or model_id in (".", "..")
 
 
 def locate_model(model_id: str, revision: str | None, environ: dict[str, str]) -> ModelConfig | None:
