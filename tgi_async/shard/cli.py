@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     from tgi_async.logs import setup_logging
     from tgi_async.memory import freeze_startup_objects
 
-    setup_logging(json_output=args.json_output, level=args.logger_level)
+    setup_logging(json_output=args.json_output, level=args.logger_level, style="shard")
     if args.simulate is not None:
         return run_simulated(args)
     try:

@@ -146,10 +146,10 @@ async def chat_completions(request: Request) -> Response:
     fingerprint = system_fingerprint(config)
     logprobs = bool(chat.logprobs)
     if chat.stream:
-        headers, items = stream_responses(serving, generate)
+        headers, items = stream_responses(serving, generate, "chat_completions")
         events = _chat_events(items, model, fingerprint, logprobs, chat.stream_options.include_usage)
         return SSEResponse(events, headers)
-    result = await until_disconnect(request, generate_response(serving, generate))
+    result = await until_disconnect(request, generate_response(serving, generate, "chat_completions"))
     if isinstance(result, Response):
         return result
     details = result.response.details
@@ -241,7 +241,7 @@ async def completions(request: Request) -> Response:
     requests = [p.GenerateRequest(inputs=prompt, parameters=parameters) for prompt in completion.prompt]
     fingerprint = system_fingerprint(config)
     if completion.stream:
-        streams = [stream_responses(serving, generate) for generate in requests]
+        streams = [stream_responses(serving, generate, "completions") for generate in requests]
         headers = {
             "x-compute-type": streams[0][0]["x-compute-type"],
             "x-compute-characters": str(sum(int(h["x-compute-characters"]) for h, _ in streams)),
@@ -249,7 +249,7 @@ async def completions(request: Request) -> Response:
         }
         events = _completion_events([items for _, items in streams], config.model_id, fingerprint)
         return SSEResponse(events, headers)
-    results = await until_disconnect(request, generate_all(serving, requests))
+    results = await until_disconnect(request, generate_all(serving, requests, "completions"))
     if isinstance(results, Response):
         return results
     choices = []
