@@ -27,7 +27,6 @@ decode shapes do not use CUDA graphs yet.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,13 +86,6 @@ class StepPipeline:
         )
         self._streams = _CudaStreams(engine.device) if engine.device.type == "cuda" else None
         self._pending: dict[int, tuple[StepHandle, int]] = {}  # id(request): (speculative step, its row)
-        self._compute_ns = 0  # forward time so far (compute thread), for benchmarks
-        self._lock = threading.Lock()
-
-    @property
-    def compute_ns(self) -> int:
-        """Nanoseconds the compute thread has spent in forwards and sampling."""
-        return self._compute_ns
 
     @property
     def pending(self) -> int:
@@ -203,8 +195,6 @@ class StepPipeline:
                 with torch.cuda.stream(self._streams.compute):
                     self._streams.compute.wait_event(prepared.ready)
                     output = self._streams.copy_to_host(self.engine.execute(prepared))
-        with self._lock:
-            self._compute_ns += output.forward_ns
         return output
 
 
