@@ -154,20 +154,25 @@ def report_stack(results: dict[tuple[str, str], list[StackRun]], args) -> None:
         f"\n#### full stack, decode-heavy: {args.streams} streams x {args.new_tokens} new tokens, "
         f"{args.rounds} rounds, medians\n"
     )
-    print("| router | shard overlap | tokens/s | compute fraction | busy fraction |")
-    print("|---|---|---|---|---|")
+    print("| router | shard overlap | tokens/s | compute fraction | busy fraction | tokens/s per round |")
+    print("|---|---|---|---|---|---|")
     for scheduler, mode in STACKS:
         runs = results[(scheduler, mode)]
         print(
             f"| {scheduler} | {'on' if mode == 'overlap' else 'off'} "
             f"| {median([r.tokens_per_s for r in runs]):.0f} "
             f"| {median([r.forward_fraction for r in runs]):.3f} "
-            f"| {median([r.busy_fraction for r in runs]):.3f} |"
+            f"| {median([r.busy_fraction for r in runs]):.3f} "
+            f"| {', '.join(f'{r.tokens_per_s:.0f}' for r in runs)} |"
         )
     best = results[("async", "overlap")]
     base = results[("sync", "no-overlap")]
     paired = median([a.tokens_per_s / b.tokens_per_s for a, b in zip(best, base, strict=True)])
     print(f"\ntokens/s (async + overlap) / (sync + no overlap) = **{paired:.2f}** (median of round ratios)")
+    for scheduler in ("async", "sync"):
+        on, off = results[(scheduler, "overlap")], results[(scheduler, "no-overlap")]
+        ratio = median([a.tokens_per_s / b.tokens_per_s for a, b in zip(on, off, strict=True)])
+        print(f"tokens/s overlap on/off under the {scheduler} router = **{ratio:.2f}**")
 
 
 async def run(args) -> None:

@@ -1,8 +1,9 @@
 """The model side of the bundled shard: load a transformers causal LM, own the KV cache, run one step.
 
-A step is ONE forward over every unfinished request of a batch, packed as a single row (prefill chunks and
-decodes together), then sampling, stopping and detokenization on the rows that produced a token. Not
-thread-safe: the server calls it from its single model thread.
+A forward runs over rows of a batch packed as a single row (prefill chunks and decodes together) and samples
+the rows that reach their last token (`execute`, on the pipeline's compute thread); `finish` then applies it
+on the host: cache progress, stopping, detokenization, messages. Which rows a forward takes, and when, is the
+step pipeline's (tgi_async/shard/step_pipeline.py). `step` is called from the server's single model thread.
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ class Engine:
         try:
             self.step(batch)
             self.pipeline.retain(())
+            self.pipeline.settle()  # a speculative forward of warmup's batch counts in its memory, not later
         except torch.OutOfMemoryError as exc:
             raise RuntimeError(
                 f"not enough memory to handle {tokens} prefill tokens: decrease --max-batch-prefill-tokens"

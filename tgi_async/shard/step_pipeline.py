@@ -19,15 +19,16 @@ at the cache length it was computed from, and a row's results are applied once.
 
 On CUDA the same thread launches the forwards on a compute stream: inputs are built on an H2D stream and
 ordered by an event, results are copied to pinned host memory on a D2H stream and the host waits on that
-event, once per step. Every step owns its input and output tensors, kept alive until its results are read,
-so preparing step N+1 never overwrites what step N reads. NOTE: the CUDA path is untested on a GPU, and
-decode shapes do not use CUDA graphs yet.
+event, once per step. Every step owns its input and output tensors, kept alive until its copies land (also
+when its results are dropped), so preparing step N+1 never overwrites what step N reads. NOTE: the CUDA
+path is untested on a GPU, and decode shapes do not use CUDA graphs yet.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ class StepPipeline:
         )
         self._streams = _CudaStreams(engine.device) if engine.device.type == "cuda" else None
         self._pending: dict[int, tuple[StepHandle, int]] = {}  # id(request): (speculative step, its row)
+        # CUDA: steps whose kernels may still run, kept alive (their inputs not freed and reused) until their
+        # copies land; owned by the compute thread
+        self._launched: deque[tuple[PreparedStep, StepOutput]] = deque()
 
     @property
     def pending(self) -> int:
@@ -104,6 +108,10 @@ class StepPipeline:
         """Forget speculative forwards of requests no longer in any cached batch (filtered, cleared)."""
         keep = {id(r) for r in live}
         self._pending = {key: entry for key, entry in self._pending.items() if key in keep}
+
+    def settle(self) -> None:
+        """Return once every submitted forward has run (the compute thread runs them in order)."""
+        self._compute.submit(int).result()
 
     def close(self) -> None:
         self._compute.shutdown(wait=False, cancel_futures=True)
@@ -195,6 +203,9 @@ class StepPipeline:
                 with torch.cuda.stream(self._streams.compute):
                     self._streams.compute.wait_event(prepared.ready)
                     output = self._streams.copy_to_host(self.engine.execute(prepared))
+                while self._launched and self._launched[0][1].copied.query():
+                    self._launched.popleft()
+                self._launched.append((prepared, output))
         return output
 
 
