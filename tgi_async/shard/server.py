@@ -110,11 +110,13 @@ class ShardService:
             self.batches.pop(request.id, None)
         else:
             self.batches.clear()
+        self._forget_gone()
         return pb.ClearCacheResponse()
 
     def _filter_batch(self, request: pb.FilterBatchRequest) -> pb.FilterBatchResponse:
         batch = self._get(request.batch_id).filter(list(request.request_ids))
         self.batches[batch.id] = batch
+        self._forget_gone()
         return pb.FilterBatchResponse(batch=batch.to_cached_batch())
 
     def _warmup(self, request: pb.WarmupRequest) -> pb.WarmupResponse:
@@ -123,6 +125,11 @@ class ShardService:
             return self.engine.warmup(request)
         finally:
             self.batches.clear()
+            self._forget_gone()
+
+    def _forget_gone(self) -> None:
+        """Drop the speculative steps of requests no cached batch holds any more."""
+        self.engine.pipeline.retain(r for batch in self.batches.values() for r in batch.requests)
 
     def _prefill(self, request: pb.PrefillRequest) -> pb.PrefillResponse:
         start = time.perf_counter_ns()
@@ -182,8 +189,11 @@ class ShardService:
         except Exception:
             self.batches.pop(batch.id, None)
             raise
+        finally:
+            self._forget_gone()  # replaced batches' requests (a reused id), a failed batch's
         if batch.all_finished:
             self.batches.pop(batch.id, None)
+            self._forget_gone()
             return result, None
         return result, batch.to_cached_batch()
 
@@ -226,6 +236,7 @@ async def serve(
     finally:
         await server.stop(grace=0.2)
         service.executor.shutdown(wait=False, cancel_futures=True)
+        engine.pipeline.close()
         remove_socket(path)
 
 
