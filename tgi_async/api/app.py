@@ -18,12 +18,12 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tgi_async import metrics
+from tgi_async.api import docs, openapi
 from tgi_async.api import protocol as p
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import install_handlers
 from tgi_async.api.middleware import ApiKey, BodyLimit, Cors
-from tgi_async.api.openapi import component_schemas, renamed
-from tgi_async.api.routes import docs, generate, info, vertex
+from tgi_async.api.routes import generate, info, vertex
 from tgi_async.api.routes.invocations import InvocationsDispatch
 from tgi_async.api.serving import Serving
 from tgi_async.api.validation import Validator
@@ -82,8 +82,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in defs.get("$defs", {}).items():
             components.setdefault(name, definition)
-        components.update(component_schemas())
-        schema["components"]["schemas"] = dict(sorted(renamed(components).items()))
+        components.update(openapi.component_schemas())
+        schema["components"]["schemas"] = dict(sorted(openapi.renamed(components).items()))
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -132,10 +132,10 @@ def create_app(
     app.state.serving = Serving(config, scheduler, validator, tokenizer)
     app.state.info = build_info(config, extra_info)
     install_handlers(app)
+    _add_routes(app, docs.router)
     _add_routes(app, info.router)
     _add_routes(app, generate.router)
     _add_routes(app, vertex.router)
-    _add_routes(app, docs.router)
     try:
         openai_compat = importlib.import_module(OPENAI_ROUTES)
     except ModuleNotFoundError as exc:

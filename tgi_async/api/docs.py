@@ -1,5 +1,5 @@
-"""GET /docs: Swagger UI over /api-doc/openapi.json, its assets served from the pinned swagger-ui-bundle
-package, so the page works offline (TGI bundles its Swagger UI too)."""
+"""GET /docs (a route module, like routes/*): Swagger UI over /api-doc/openapi.json, its assets served
+from the pinned swagger-ui-bundle package, so the page works offline (TGI bundles its Swagger UI too)."""
 
 from __future__ import annotations
 
