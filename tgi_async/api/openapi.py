@@ -91,7 +91,7 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": REF + name}
 
 
-def _errors(media: str = JSON) -> dict[int, dict[str, Any]]:
+def errors(media: str = JSON) -> dict[int, dict[str, Any]]:
     error = {media: {"schema": ref("ErrorResponse")}}
     return {
         422: {"description": "Input validation error", "content": error},
@@ -101,7 +101,7 @@ def _errors(media: str = JSON) -> dict[int, dict[str, Any]]:
     }
 
 
-def _route(
+def route(
     operation_id: str, summary: str, responses: dict[int, Any], body: str | None = None
 ) -> dict[str, Any]:
     """Keyword arguments of a route decorator. `response_class=Response`: FastAPI adds no media type of
@@ -125,7 +125,7 @@ def _answer(description: str, content: dict[str, Any] | None = None) -> dict[str
 
 _GENERATE_SUMMARY = "Generate tokens"
 ROUTES: dict[str, dict[str, Any]] = {
-    "compat_generate": _route(
+    "compat_generate": route(
         "compat_generate",
         "Generate tokens if `stream == false` or a stream of token if `stream == true`",
         {
@@ -136,23 +136,23 @@ ROUTES: dict[str, dict[str, Any]] = {
                     SSE: {"schema": ref("StreamResponse")},
                 },
             ),
-            **_errors(),
+            **errors(),
         },
         body="CompatGenerateRequest",
     ),
-    "generate": _route(
+    "generate": route(
         "generate",
         _GENERATE_SUMMARY,
-        {200: _answer("Generated Text", {JSON: {"schema": ref("GenerateResponse")}}), **_errors()},
+        {200: _answer("Generated Text", {JSON: {"schema": ref("GenerateResponse")}}), **errors()},
         body="GenerateRequest",
     ),
-    "generate_stream": _route(
+    "generate_stream": route(
         "generate_stream",
         "Generate a stream of token using Server-Sent Events",
-        {200: _answer("Generated Text", {SSE: {"schema": ref("StreamResponse")}}), **_errors(SSE)},
+        {200: _answer("Generated Text", {SSE: {"schema": ref("StreamResponse")}}), **errors(SSE)},
         body="GenerateRequest",
     ),
-    "sagemaker_compatibility": _route(
+    "sagemaker_compatibility": route(
         "sagemaker_compatibility",
         "Generate tokens from Sagemaker request",
         {
@@ -160,11 +160,11 @@ ROUTES: dict[str, dict[str, Any]] = {
                 "Generated Chat Completion",
                 {JSON: {"schema": ref("SagemakerResponse")}, SSE: {"schema": ref("SagemakerStreamResponse")}},
             ),
-            **_errors(),
+            **errors(),
         },
         body="SagemakerRequest",
     ),
-    "health": _route(
+    "health": route(
         "health",
         "Health check method",
         {
@@ -172,17 +172,17 @@ ROUTES: dict[str, dict[str, Any]] = {
             503: _answer("Text generation inference is down", {JSON: {"schema": ref("ErrorResponse")}}),
         },
     ),
-    "get_model_info": _route(
+    "get_model_info": route(
         "get_model_info",
         "Text Generation Inference endpoint info",
         {200: _answer("Served model info", {JSON: {"schema": ref("Info")}})},
     ),
-    "metrics": _route(
+    "metrics": route(
         "metrics",
         "Prometheus metrics scrape endpoint",
         {200: _answer("Prometheus Metrics", {"text/plain": {"schema": {"type": "string"}}})},
     ),
-    "tokenize": _route(
+    "tokenize": route(
         "tokenize",
         "Tokenize inputs",
         {
@@ -191,7 +191,7 @@ ROUTES: dict[str, dict[str, Any]] = {
         },
         body="GenerateRequest",
     ),
-    "chat_completions": _route(
+    "chat_completions": route(
         "chat_completions",
         _GENERATE_SUMMARY,
         {
@@ -199,11 +199,11 @@ ROUTES: dict[str, dict[str, Any]] = {
                 "Generated Chat Completion",
                 {JSON: {"schema": ref("ChatCompletion")}, SSE: {"schema": ref("ChatCompletionChunk")}},
             ),
-            **_errors(),
+            **errors(),
         },
         body="ChatRequest",
     ),
-    "completions": _route(
+    "completions": route(
         "completions",
         _GENERATE_SUMMARY,
         {
@@ -211,11 +211,11 @@ ROUTES: dict[str, dict[str, Any]] = {
                 "Generated Chat Completion",
                 {JSON: {"schema": ref("CompletionFinal")}, SSE: {"schema": ref("Chunk")}},
             ),
-            **_errors(),
+            **errors(),
         },
         body="CompletionRequest",
     ),
-    "get_chat_tokenize": _route(
+    "get_chat_tokenize": route(
         "get_chat_tokenize",
         "Template and tokenize ChatRequest",
         {
@@ -226,7 +226,7 @@ ROUTES: dict[str, dict[str, Any]] = {
         },
         body="ChatRequest",
     ),
-    "openai_get_model_info": _route(
+    "openai_get_model_info": route(
         "openai_get_model_info",
         "Get model info",
         {

@@ -16,13 +16,6 @@ from tgi_async.api.sse import SSEResponse
 from tgi_async.scheduler.request import InferError
 
 router = APIRouter()
-TAG = "Text Generation Inference"
-
-
-def _body(model: type) -> dict:
-    """OpenAPI request body for routes that parse their JSON themselves (see body.py)."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def _generate(request: Request, body: p.GenerateRequest, as_list: bool = False) -> Response:
