@@ -81,6 +81,9 @@ SHARD_DECODE_NS = NS + "shard.decode_ns"
 SHARD_TOTAL_NS = NS + "shard.total_ns"
 SHARD_CONCAT_NS = NS + "shard.concat_ns"
 SHARD_WAIT_NS = NS + "shard.wait_ns"  # shard: the call waited this long behind other calls
+# bundled shard, measured on its model thread (every call run there): waited for it, then ran this long
+SHARD_MODEL_WAIT_NS = NS + "shard.model_thread.wait_ns"
+SHARD_MODEL_RUN_NS = NS + "shard.model_thread.run_ns"
 MERGE_BATCH_IDS = NS + "merge.batch_ids"
 MERGE_REQUEST_COUNT = NS + "merge.request_count"
 
