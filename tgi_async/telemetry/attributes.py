@@ -24,6 +24,12 @@ EVENT_MERGE = "merge"
 EVENT_REJECT = "reject"
 EVENT_DRAIN = "drain"
 EVENT_FIRST_TOKEN = "first_token"
+# on a request's `infer`, one per link to a step / filter span, so a backend that ignores links (Phoenix)
+# still shows, in the request's own trace, what decided its fate and where that span is (linked.*_id)
+EVENT_ADMITTED = "admitted"  # the admission decision's attributes (those of `admit`)
+EVENT_MERGED = "merged"  # its batch joined another at this step
+EVENT_FINISHED = "finished"  # the step that gave its last token
+EVENT_FILTERED = "filtered"  # taken out of its batch while it was still running (client left, length limit)
 
 # -- attributes --------------------------------------------------------------------------------------------
 NS = "tgi_async."
@@ -58,6 +64,8 @@ BUDGET_TOTAL_TOKENS_LEFT = NS + "budget.total_tokens_left"
 BLOCKS_FREE_BEFORE = NS + "blocks.free_before"
 BLOCKS_FREE_AFTER = NS + "blocks.free_after"
 CHUNK_REQUEST_ID = NS + "chunk.request_id"
+LINKED_TRACE_ID = NS + "linked.trace_id"  # on infer's events: the trace of the step / filter span (hex)
+LINKED_SPAN_ID = NS + "linked.span_id"  # ...and that span's id (hex)
 CHUNK_TOKENS = NS + "chunk.tokens"  # prompt tokens computed at this step
 CHUNK_TOKENS_LEFT = NS + "chunk.tokens_left"  # prompt tokens still to compute after it
 
