@@ -106,6 +106,9 @@ FILTER_REASON = NS + "filter.reason"  # async decode plan: length_limit | finish
 FILTER_CLEARED = NS + "filter.cleared"  # nothing kept: ClearCache instead of FilterBatch
 FILTER_DRAINED_CALLS = NS + "filter.drained_calls"  # in-flight calls awaited before filtering
 
+# on the route span's link to the client's span (--otlp-client-context link)
+LINK_KIND = NS + "link.kind"
+
 # rejection (reject event on the route span)
 REJECT_REASON = NS + "reject.reason"
 REJECT_IN_FLIGHT = NS + "reject.in_flight"
