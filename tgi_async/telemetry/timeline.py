@@ -13,6 +13,7 @@ tokens far longer than usual; stalls of several requests that overlap in time ar
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from collections import defaultdict
@@ -168,7 +169,30 @@ def _shard_lanes(spans: Sequence[SpanRecord], by_id: dict[str, SpanRecord]) -> l
             f"waited {(start - span.start_ns) / 1e6:.1f} ms behind other calls"
         )
         lane.segments.append(Segment(start, end, kind, label))
+    for lane in lanes.values():
+        lane.segments = _one_at_a_time(lane.segments)
     return list(lanes.values())
+
+
+def _one_at_a_time(segments: list[Segment]) -> list[Segment]:
+    """A shard runs one call at a time, in order. Where times estimated from span ends (shards that do not
+    report when they ran a call) put two calls over each other, the later starts when the earlier ended,
+    and a filter ends by the next compute."""
+    ordered = sorted(segments, key=lambda seg: seg.start_ns)
+    placed, busy_until = [], 0
+    for index, seg in enumerate(ordered):
+        start, end = max(seg.start_ns, busy_until), seg.end_ns
+        if seg.kind == "filter":
+            after = (s.start_ns for s in ordered[index + 1 :] if s.kind != "filter")
+            end = min(end, next(after, end))
+        end = max(start, end)
+        placed.append(
+            seg
+            if (start, end) == (seg.start_ns, seg.end_ns)
+            else dataclasses.replace(seg, start_ns=start, end_ns=end)
+        )
+        busy_until = max(busy_until, end)
+    return placed
 
 
 def _ran_on_model_thread(span: SpanRecord) -> tuple[int, int] | None:
