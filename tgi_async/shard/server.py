@@ -26,6 +26,7 @@ from tgi_async.proto import add_servicer, call_order, pb
 from tgi_async.shard.batch import BatchError, Limits, ShardBatch
 from tgi_async.shard.call_order import CallOrder
 from tgi_async.shard.engine import Engine
+from tgi_async.telemetry import grpc_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,10 @@ class ShardService:
         # single model thread then runs them in that order.
         await self.order.turn(call_order.parse(context.invocation_metadata()))
         try:
-            return await loop.run_in_executor(self.executor, handler, request)
+            times: list[int] = []
+            response = await loop.run_in_executor(self.executor, _timed, handler, request, times)
+            grpc_tracing.model_thread_ran(*times)
+            return response
         except BatchError as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except NotFoundError as exc:
@@ -208,6 +212,14 @@ class ShardService:
         if limits is None:
             raise NotReadyError("the KV cache is not allocated yet: call Warmup first")
         return limits
+
+
+def _timed(handler: Callable[[Any], Any], request: Any, times: list[int]) -> Any:
+    """`handler(request)`, its start and end (wall clock) appended to `times`: where traces place the call."""
+    times.append(time.time_ns())
+    response = handler(request)
+    times.append(time.time_ns())
+    return response
 
 
 async def serve(
