@@ -26,6 +26,7 @@ from shard_helpers import (
 
 from benchmarks.grammar_cases import TOOL_REGEX, TOOL_SCHEMA
 from tgi_async.proto import pb
+from tgi_async.shard.grammar import THREADED_MASK_ROWS
 
 PROMPT = "Answer in JSON: what is the weather like?"
 PERSON = {
@@ -125,7 +126,9 @@ def check_finished(outputs: Outputs, kinds: dict[int, str], eos: int) -> None:
 @pytest.mark.parametrize("kind", ["person", "bounded-tool", "bounded-tool-regex", "code"])
 async def test_greedy_and_seeded_outputs_obey_the_grammar(stub, reference, kind):
     blocks = Blocks()
-    seeds = [None, *range(1, 12)]  # greedy, then eleven seeds: all in one batch
+    # greedy, then 17 seeds, all in one batch (over THREADED_MASK_ROWS: masks computed during the forward)
+    seeds = [None, *range(1, 18)]
+    assert len(seeds) >= THREADED_MASK_ROWS
     requests = [grammar_request(i, blocks, reference, grammar(kind, seed)) for i, seed in enumerate(seeds)]
     outputs = await generate(stub, 300, requests)
     check_finished(outputs, dict.fromkeys(range(len(seeds)), kind), reference.eos)
