@@ -20,9 +20,10 @@ import torch
 from tgi_async.proto import pb
 from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.detokenize import IncrementalDetokenizer
+from tgi_async.shard.grammar import RowError, row_grammars
 from tgi_async.shard.kv_cache import BLOCK_SIZE
 from tgi_async.shard.prompt import BatchError, prompt_ids
-from tgi_async.shard.sampling import BatchSampler, RowError, row_grammars, row_parameters
+from tgi_async.shard.sampling import BatchSampler, row_parameters
 from tgi_async.shard.stopping import StoppingCriteria
 
 logger = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class ShardBatch:
             requests.append(state)
         # NOTE: last: compiling a new grammar is the costly check (cached per grammar text).
         try:
-            grammars = row_grammars(rows, tokenizer)
+            grammars = row_grammars([row.grammar for row in rows], tokenizer)
         except RowError as exc:
             raise BatchError(f"request {message.requests[exc.row].id}: {exc}") from None
         width = max(len(r.slots) for r in requests)

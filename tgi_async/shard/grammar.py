@@ -161,6 +161,30 @@ class RowGrammar:
     compiler: GrammarCompiler
 
 
+def row_grammars(specs: Sequence[GrammarSpec | None], tokenizer) -> list[RowGrammar | None]:
+    """Each row's grammar state at its start (new grammars compiled in parallel, each distinct one once);
+    RowError naming the first row whose grammar is invalid."""
+    if all(spec is None for spec in specs):
+        return [None] * len(specs)
+    compiler = compiler_for(tokenizer)
+    compiler.prefetch([spec for spec in specs if spec is not None])
+    grammars: list[RowGrammar | None] = []
+    for index, spec in enumerate(specs):
+        try:
+            grammars.append(None if spec is None else compiler.start(spec))
+        except ValueError as exc:
+            raise RowError(index, str(exc)) from None
+    return grammars
+
+
+class RowError(ValueError):
+    """A row's grammar is invalid; `row`: its index in the batch."""
+
+    def __init__(self, row: int, message: str):
+        super().__init__(message)
+        self.row = row
+
+
 _mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
 _batch_matcher: xgrammar.BatchGrammarMatcher | None = None
 
@@ -226,11 +250,13 @@ def advance(grammars: Sequence[RowGrammar], tokens: Sequence[int]) -> None:
 __all__ = [
     "GrammarCompiler",
     "GrammarSpec",
+    "RowError",
     "RowGrammar",
     "advance",
     "apply",
     "compiler_for",
     "compute_masks",
     "grammar_spec",
+    "row_grammars",
     "start_masks",
 ]

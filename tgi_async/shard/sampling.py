@@ -133,33 +133,6 @@ def row_parameters(message: pb.NextTokenChooserParameters, tokenizer) -> RowPara
     return replace(row, do_sample=message.do_sample or row.has_warpers)
 
 
-def row_grammars(rows: Sequence[RowParameters], tokenizer) -> list[gr.RowGrammar | None]:
-    """Each row's grammar state at its start (grammars compiled in parallel, each distinct one once);
-    ValueError naming the first row whose grammar is invalid."""
-    if all(row.grammar is None for row in rows):
-        return [None] * len(rows)
-    compiler = gr.compiler_for(tokenizer)
-    compiler.prefetch([row.grammar for row in rows if row.grammar is not None])
-    grammars: list[gr.RowGrammar | None] = []
-    for index, row in enumerate(rows):
-        if row.grammar is None:
-            grammars.append(None)
-            continue
-        try:
-            grammars.append(compiler.start(row.grammar))
-        except ValueError as exc:
-            raise RowError(index, str(exc)) from None
-    return grammars
-
-
-class RowError(ValueError):
-    """A row's parameters are invalid; `row`: its index in the batch."""
-
-    def __init__(self, row: int, message: str):
-        super().__init__(message)
-        self.row = row
-
-
 def _penalized(row: RowParameters) -> bool:
     return row.repetition_penalty != 1.0 or row.frequency_penalty != 0.0
 
@@ -216,7 +189,7 @@ class BatchSampler:
     ) -> BatchSampler:
         """Validate every request first (ValueError, nothing built), then build the batch's sampler."""
         rows = [row_parameters(message, tokenizer) for message in params]
-        return cls(rows, device, grammars=row_grammars(rows, tokenizer))
+        return cls(rows, device, grammars=gr.row_grammars([row.grammar for row in rows], tokenizer))
 
     @classmethod
     def concatenate(cls, samplers: Sequence[BatchSampler]) -> BatchSampler:
@@ -407,11 +380,9 @@ def top_n_tokens(logprobs: torch.Tensor, top_n: Sequence[int]) -> list[tuple[lis
 
 __all__ = [
     "BatchSampler",
-    "RowError",
     "RowParameters",
     "SampleOutput",
     "parse_logit_bias",
-    "row_grammars",
     "row_parameters",
     "top_n_tokens",
     "watermark_settings",
