@@ -5,7 +5,8 @@
 A real `tgi-async shard serve` on a Unix socket. Each measurement prefills `batch` identical requests
 (ignore_eos, so every request makes `steps` tokens) and decodes them to the end; tokens/s is
 batch * steps / the client's wall time of the decode steps. Plain and grammar runs alternate over `rounds`
-rounds; medians. The grammar keeps every row inside a JSON array of objects that never has to end, so each
+rounds; medians. Then what a new grammar costs a Prefill (compiled while the batch waits) against a
+cached one. The grammar keeps every row inside a JSON array of objects that never has to end, so each
 step computes a real mask for every row.
 """
 
@@ -71,11 +72,36 @@ async def run_once(
     return batch_size * steps / wall, statistics.median(server)
 
 
-async def measure(socket_path: str, steps: int, rounds: int) -> list[tuple[int, str, float, float]]:
+async def prefill_ms(stub, schema: dict, batch_id: int) -> float:
+    """Server ms of a one-request Prefill with `schema` as its grammar."""
+    message = make_request(0, PROMPT, Slots(), 2)
+    message.parameters.CopyFrom(parameters(True))
+    message.parameters.grammar = json.dumps(schema)
+    response = await stub.Prefill(pb.PrefillRequest(batch=pb.Batch(id=batch_id, requests=[message])))
+    await stub.ClearCache(pb.ClearCacheRequest(id=batch_id))
+    return response.total_ns / 1e6
+
+
+async def compile_costs(stub, rounds: int) -> tuple[float, float, float]:
+    """Median server ms of a Prefill without grammar, with a schema never seen, with a cached schema."""
+    plain, new, cached = [], [], []
+    for round_ in range(rounds):
+        message = make_request(0, PROMPT, Slots(), 2)
+        response = await stub.Prefill(pb.PrefillRequest(batch=pb.Batch(id=2, requests=[message])))
+        await stub.ClearCache(pb.ClearCacheRequest(id=2))
+        plain.append(response.total_ns / 1e6)
+        fresh = {**SCHEMA, "title": f"new schema {round_} {time.time()}"}  # a new text: not in the cache
+        new.append(await prefill_ms(stub, fresh, 2))
+        cached.append(await prefill_ms(stub, fresh, 2))
+    return statistics.median(plain), statistics.median(new), statistics.median(cached)
+
+
+async def measure(socket_path: str, steps: int, rounds: int):
     results: dict[tuple[int, bool], list[tuple[float, float]]] = {}
     async with grpc.aio.insecure_channel(f"unix://{socket_path}") as channel:
         stub = ShardStub(channel)
         await stub.Warmup(pb.WarmupRequest(batch=_warmup_batch(), max_prefill_tokens=4096))
+        costs = await compile_costs(stub, rounds)
         for batch_size in (1, 64):
             await run_once(stub, batch_size, 4, True, 1)  # compiles the grammar (cached from then on)
             for _ in range(rounds):
@@ -87,7 +113,7 @@ async def measure(socket_path: str, steps: int, rounds: int) -> list[tuple[int, 
         rate = statistics.median(r[0] for r in runs)
         step_ms = statistics.median(r[1] for r in runs)
         rows.append((batch_size, "JSON schema" if with_grammar else "none", rate, step_ms))
-    return rows
+    return rows, costs
 
 
 def main() -> None:
@@ -108,7 +134,7 @@ def main() -> None:
     )
     try:
         wait_for_path(child, f"{uds}-0")
-        rows = asyncio.run(measure(f"{uds}-0", args.steps, args.rounds))
+        rows, (plain_ms, new_ms, cached_ms) = asyncio.run(measure(f"{uds}-0", args.steps, args.rounds))
     finally:
         child.stop()
     print(f"Bundled shard, {model_dir.name}; {args.steps} decode steps per run, medians of {args.rounds}\n")
@@ -118,6 +144,11 @@ def main() -> None:
     for batch_size, kind, rate, step_ms in rows:
         relative = "" if kind == "none" else f" ({rate / plain[batch_size]:.0%} of plain)"
         print(f"| {batch_size} | {kind} | {rate:,.0f}{relative} | {step_ms:.2f} |")
+    print("\n| one-request Prefill | server ms |")
+    print("|---|---|")
+    print(f"| no grammar | {plain_ms:.2f} |")
+    print(f"| JSON schema never seen (compiled) | {new_ms:.2f} |")
+    print(f"| the same schema again (cached) | {cached_ms:.2f} |")
 
 
 if __name__ == "__main__":
