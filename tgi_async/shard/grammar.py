@@ -166,7 +166,13 @@ def row_grammars(specs: Sequence[GrammarSpec | None], tokenizer) -> list[RowGram
     RowError naming the first row whose grammar is invalid."""
     if all(spec is None for spec in specs):
         return [None] * len(specs)
-    compiler = compiler_for(tokenizer)
+    try:
+        compiler = compiler_for(tokenizer)
+    except Exception as exc:  # a tokenizer xgrammar cannot read (Warmup logged it)
+        first = next(i for i, spec in enumerate(specs) if spec is not None)
+        raise RowError(
+            first, f"grammars are not supported with this tokenizer: {_first_line(str(exc))}"
+        ) from None
     compiler.prefetch([spec for spec in specs if spec is not None])
     grammars: list[RowGrammar | None] = []
     for index, spec in enumerate(specs):
