@@ -106,18 +106,12 @@ class GrammarCompiler:
             if future is not None:
                 self._compiled.move_to_end(spec)
                 return future
+            # NOTE: a failed compilation stays cached too: the same text fails the same way.
             future = self._pool.submit(self._compile, spec)
-            future.add_done_callback(lambda done: self._forget_failure(spec, done))
             self._compiled[spec] = future
             while len(self._compiled) > COMPILED_CACHE_SIZE:
                 self._compiled.popitem(last=False)
             return future
-
-    def _forget_failure(self, spec: GrammarSpec, future: Future) -> None:
-        if future.exception() is not None:
-            with self._lock:
-                if self._compiled.get(spec) is future:
-                    del self._compiled[spec]
 
     def _compile(self, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
         try:
