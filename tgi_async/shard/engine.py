@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from tgi_async.proto import pb
-from tgi_async.shard import attention
+from tgi_async.shard import attention, grammar
 from tgi_async.shard.batch import Limits, RequestState, ShardBatch
 from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.detokenize import special_token_ids, token_texts
@@ -119,6 +119,7 @@ class Engine:
         kv_dtype = KV_CACHE_DTYPES[config.kv_cache_dtype] if config.kv_cache_dtype else self.dtype
         self.kv_shape = KVShape.from_config(self.model.config, kv_dtype)
         self.max_prefill_tokens: int | None = None
+        self.grammar_compiler: grammar.GrammarCompiler | None = None  # from Warmup
         self.cache: KVCache | None = None
         self.pipeline = StepPipeline(self, overlap=config.overlap)
         if self.device.type == "cpu":
@@ -169,6 +170,7 @@ class Engine:
     def warmup(self, request: pb.WarmupRequest) -> pb.WarmupResponse:
         """Size the cache, run warmup's batch for real (its largest prefill), report the token limits."""
         self.max_prefill_tokens = request.max_prefill_tokens or None
+        self.grammar_compiler = grammar.compiler_or_none(self.tokenizer)
         unbounded = Limits(1 << 62, self.eos_token_ids, self.special_ids, self.device)
         batch = ShardBatch.from_pb(request.batch, self.tokenizer, unbounded, place=True)
         needed = sum(r.num_blocks for r in batch.requests)
@@ -203,6 +205,12 @@ class Engine:
             raise RuntimeError(
                 f"not enough memory to handle {tokens} prefill tokens: decrease --max-batch-prefill-tokens"
             ) from exc
+
+    def prefetch_grammars(self, batch: pb.Batch) -> None:
+        """Start compiling the batch's grammars not compiled yet (thread-safe, returns at once)."""
+        if self.grammar_compiler is not None:
+            specs = (grammar.grammar_spec(r.parameters) for r in batch.requests)
+            self.grammar_compiler.prefetch([spec for spec in specs if spec is not None])
 
     # -- one step ------------------------------------------------------------------------------------------
 
@@ -248,7 +256,7 @@ class Engine:
             return empty, empty.float(), None
         scores = logits.index_select(0, prepared.sample_index).float()
         histories = prepared.histories or [()] * len(prepared.producing)
-        out = prepared.sampler(scores, histories)
+        out = prepared.sampler(scores, histories, prepared.grammar_masks)
         chosen = out.logprobs.gather(1, out.next_ids[:, None])[:, 0]
         return out.next_ids, chosen, out.logprobs if any(prepared.top_n) else None
 

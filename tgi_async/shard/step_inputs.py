@@ -9,6 +9,7 @@ on the device (a `Carry`), never from the host.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,7 @@ class PreparedStep:
     sample_index: torch.Tensor  # [P] row of the kept logits each producing row samples from
     sampler: BatchSampler | None  # the producing rows' chooser
     histories: tuple[list[int], ...] | None  # producing rows' ids, for a sampler that reads them
+    grammar_masks: Future | None  # producing grammar rows' masks, computing since prepare_step
     top_n: tuple[int, ...]  # producing rows' top_n_tokens
     prompt: PromptLogprobs | None
     ready: torch.cuda.Event | None = None  # CUDA: the inputs are on the device
@@ -140,6 +142,9 @@ def prepare_step(batch: ShardBatch, rows: Sequence[RowInput], dense_ok: bool) ->
         if any(rows[j].carry is not None for j in producing):
             raise RuntimeError("a step that reads histories cannot take carried tokens")
         histories = tuple(rows[j].request.all_ids for j in producing)
+    # NOTE: a grammar row's mask depends only on tokens already chosen (reads_history: no carried row is
+    # one), so it is computed while the forward runs.
+    grammar_masks = sampler.start_grammar_masks() if sampler is not None else None
     return PreparedStep(
         batch=batch,
         rows=tuple(rows),
@@ -156,6 +161,7 @@ def prepare_step(batch: ShardBatch, rows: Sequence[RowInput], dense_ok: bool) ->
         sample_index=torch.tensor([last_row[j] for j in producing], dtype=torch.long, device=device),
         sampler=sampler,
         histories=histories,
+        grammar_masks=grammar_masks,
         top_n=tuple(rows[j].request.top_n_tokens for j in producing),
         prompt=_prompt_logprobs(rows, last_row, device),
     )
