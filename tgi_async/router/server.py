@@ -155,6 +155,8 @@ async def _serve(args: argparse.Namespace) -> int:
     servers = [_Server(_uvicorn_config(app, args.hostname, args.port, limits))]
     if args.prometheus_port and args.prometheus_port != args.port:
         servers.append(_Server(_uvicorn_config(metrics_app(), args.hostname, args.prometheus_port, limits)))
+    validator = app.state.validator
+    await validator.start()  # the tokenizer workers, before the first large request needs them
     freeze_startup_objects()
     scheduler.start()
     logger.info(
@@ -174,4 +176,5 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         await scheduler.stop()
         await client.close()
+        validator.close()
     return 0
