@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +30,10 @@ from tgi_async.scheduler.request import InferError
 T = TypeVar("T")
 # After a job on this many characters a worker hands its freed memory back to the OS.
 TRIM_AFTER_CHARS = 256 * 1024
+TRIM_DELAY_S = 1.0
+# NOTE: workers yield the CPU to the router's event loop when both want it: a second of tokenization must
+# not delay the next token of every stream by a scheduler time slice.
+WORKER_NICENESS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,7 @@ def _start_worker(tokenizer_json: str) -> None:
     from tokenizers import Tokenizer
 
     global _worker_tokenizer
+    os.nice(WORKER_NICENESS)
     _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
 
 
@@ -116,7 +123,8 @@ def _in_worker(size: int, job: Callable[..., T], *args: Any) -> T:
         return job(*args)
     finally:
         if size >= TRIM_AFTER_CHARS:
-            release_freed_memory()
+            # NOTE: a moment later, not now: the answer is still to be pickled and sent (32 MB, twice).
+            threading.Timer(TRIM_DELAY_S, release_freed_memory).start()
 
 
 def _encode_job(
