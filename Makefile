@@ -5,8 +5,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CACHE_DIR ?= .cache
 TINY_MODEL := $(CACHE_DIR)/tiny-model-seed0
-# CPU installs pin the CPU build; set TORCH_SPEC/TORCH_INDEX_URL for a CUDA build on GPU machines.
-TORCH_SPEC ?= torch==2.13.0
+# torch: on Linux without a CUDA GPU (no working nvidia-smi), the CPU build (torch==X+cpu) from a wheel pip
+# finds locally (find-links, e.g. PIP_FIND_LINKS or pip.conf) or else from PyPI plus PyTorch's CPU wheel index,
+# instead of PyPI's default build and its GBs of CUDA libraries; elsewhere PyPI's build. Override with
+# TORCH_SPEC (and TORCH_INDEX_URL, used as the only index) for another build.
+TORCH_VERSION ?= 2.13.0
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+ifeq ($(shell uname -s)-$(HAS_CUDA),Linux-)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)+cpu
+TORCH_CPU_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+else
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+TORCH_CPU_INDEX_URL ?=
+endif
 TORCH_INDEX_URL ?=
 MODEL_ID ?= $(TINY_MODEL)
 PORT ?= 3000
@@ -25,7 +36,11 @@ $(BIN)/activate:
 
 # The stamp changes when the dependency list does.
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
+	# NOTE: a local wheel first (--no-index: no network), so machines that carry one never ask an index.
+	$(BIN)/pip install -q --no-index --no-deps "$(TORCH_SPEC)" 2>/dev/null \
+		|| $(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),$(if \
+			$(TORCH_CPU_INDEX_URL),--extra-index-url $(TORCH_CPU_INDEX_URL))) "$(TORCH_SPEC)"
+	$(BIN)/pip install -q "$(TORCH_SPEC)"  # torch's own dependencies, when the wheel came without them
 	$(BIN)/pip install -q -e '.[dev]'
 	# NOTE: text-generation 0.7 caps huggingface-hub < 1 (transformers 5 needs >= 1.31); its code runs on
 	# both, so the client used by our compatibility tests is installed without its resolver pins.
@@ -84,4 +99,4 @@ bench: install tiny-model
 	$(BIN)/python -m benchmarks.schedulers
 
 clean:
-	rm -rf $(VENV) $(CACHE_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-* $(CACHE_DIR) .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ like TGI's shard on any KV write outside an allocation; here it also dies, hangs
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,9 +41,12 @@ def start_stack(model: Path, scheduler: str, *shard: str, router: tuple[str, ...
     return shard_child, router_child, url
 
 
+POISON = "POISON"  # the shard refuses a prompt holding it at Prefill (--refuse-prompt: test only)
+
+
 @pytest.fixture(scope="module", params=["async", "sync"])
 def strict_stack(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[tuple[ChildProcess, str]]:
-    shard, router, url = start_stack(tiny_model_dir, request.param)
+    shard, router, url = start_stack(tiny_model_dir, request.param, "--refuse-prompt", POISON)
     yield shard, url
     router.stop()
     assert shard.stop() == 0, shard.log_tail()
@@ -105,6 +109,45 @@ async def test_clients_leaving_mid_stream_leave_nothing_behind(strict_stack) -> 
             f"{url}/generate", json={"inputs": "after", "parameters": {"max_new_tokens": 3}}
         )
         assert response.status_code == 200
+
+
+async def test_a_request_the_shard_refuses_fails_alone(strict_stack) -> None:
+    """Issue 16: a request that passes validation yet fails the shard's Prefill, beside 4 live requests (and
+    joining a running stream): it alone gets TGI's 424 with the shard's message; other outputs are whole."""
+    _, url = strict_stack
+
+    async def generate(client: httpx.AsyncClient, prompt: str, max_new_tokens: int) -> httpx.Response:
+        body = {"inputs": prompt, "parameters": {"max_new_tokens": max_new_tokens, "details": True}}
+        return await client.post(f"{url}/generate", json=body)
+
+    def text_of(response: httpx.Response, prompt: str) -> str:
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        details = answer["details"]
+        assert answer["generated_text"] == expected_text(
+            prompt, details["generated_tokens"] - (details["finish_reason"] == "eos_token")
+        )
+        return answer["generated_text"]
+
+    prompts = [f"live request {i}" for i in range(4)]
+    async with httpx.AsyncClient(timeout=120) as client:
+        solo = [text_of(await generate(client, p, 12), p) for p in prompts]
+        running = asyncio.ensure_future(generate(client, "a long running stream", 80))
+        await asyncio.sleep(0.2)  # it streams when the others arrive
+        streams = [generate(client, p, 12) for p in prompts]
+        streams.insert(2, generate(client, f"a {POISON} request", 12))
+        answers = await asyncio.gather(*streams)
+        refused = answers.pop(2)
+        long = await running
+    assert [text_of(a, p) for a, p in zip(answers, prompts, strict=True)] == solo
+    text_of(long, "a long running stream")
+    assert refused.status_code == 424
+    assert refused.json()["error_type"] == "generation"
+    assert re.fullmatch(
+        r"Request failed during generation: Server error: "
+        rf"request \d+ cannot be built: its prompt holds '{POISON}'",
+        refused.json()["error"],
+    )
 
 
 @pytest.mark.parametrize("scheduler", ["async", "sync"])

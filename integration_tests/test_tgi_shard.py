@@ -9,15 +9,23 @@ FilterBatch, and starts calls as gRPC hands them over (the order is counted: tgi
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 from text_generation import Client
+from transformers import AutoTokenizer
 
 from integration_tests.conftest import launch, leave_streams, tgi_shard_available
+from tests.scheduler.test_schedulers_on_shard import make_request, run_one, start_scheduler
+from tgi_async import metrics
+from tgi_async.launcher.launch import find_tgi_shard
+from tgi_async.launcher.processes import short_tmp_dir, spawn, wait_for_path
+from tgi_async.scheduler.request import InferError, SamplingParameters
 
 pytestmark = pytest.mark.skipif(tgi_shard_available() is not None, reason=str(tgi_shard_available()))
 
@@ -103,3 +111,38 @@ async def test_clients_leaving_mid_stream(tgi_stack: str) -> None:
         await asyncio.sleep(0.1)
     assert metric(tgi_stack, "tgi_batch_current_size") == 0
     assert metric(tgi_stack, "tgi_queue_size") == 0
+
+
+@pytest.mark.parametrize("policy", ["async", "sync"])
+async def test_a_request_tgis_shard_refuses_at_prefill_fails_alone(tgi_model_dir: Path, policy: str) -> None:
+    """Issue 16 on TGI's own shard, at the scheduler (no validation in front): temperature 0 makes its from_pb
+    raise ValueError (INTERNAL, the shard goes on). Beside 4 live requests in one Prefill, it alone fails with
+    the shard's message; the 4 give what they give alone; nothing is left running."""
+    command, _ = find_tgi_shard(dict(os.environ))
+    assert command is not None
+    uds = os.path.join(short_tmp_dir(), "shard")
+    child = spawn("tgi-shard", [*command, "serve", str(tgi_model_dir), "--uds-path", uds])
+    try:
+        wait_for_path(child, f"{uds}-0", timeout=300)
+        scheduler, client = await start_scheduler(f"{uds}-0", policy)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tgi_model_dir)
+            prompts = ["queue kernel", "the batch decode", "stream router shard", "tensor cache block slot"]
+            alone = [await run_one(scheduler, make_request(tokenizer, p, 8)) for p in prompts]
+            retries = metrics.PREFILL_ISOLATION_RETRIES.value()
+            streams = [run_one(scheduler, make_request(tokenizer, p, 8)) for p in prompts]
+            refusing = SamplingParameters(temperature=0.0)
+            poison = replace(make_request(tokenizer, "the batch", 8), sampling=refusing)
+            streams.insert(2, run_one(scheduler, poison))
+            results = await asyncio.gather(*streams, return_exceptions=True)
+            refused = results.pop(2)
+            assert [ids for ids, _ in results] == [ids for ids, _ in alone]
+            assert isinstance(refused, InferError)
+            assert refused.message.startswith("Server error: `temperature` (=0.0) has to be a strictly")
+            assert metrics.PREFILL_ISOLATION_RETRIES.value() - retries >= 2  # the five were in one Prefill
+            assert scheduler.state.running == {}
+        finally:
+            await scheduler.stop()
+            await client.close()
+    finally:
+        child.stop()

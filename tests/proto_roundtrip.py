@@ -144,7 +144,7 @@ class EchoServicer:
 
 async def check_grpc() -> list[str]:
     """A grpc.aio server and client, both from our service table, over a Unix socket; every RPC once."""
-    directory = tempfile.mkdtemp(prefix="tgia-proto-", dir="/tmp")
+    directory = tempfile.mkdtemp(prefix="tgia-proto-", dir=os.environ.get("TGI_ASYNC_TMP_ROOT") or "/tmp")
     url = f"unix://{os.path.join(directory, 'shard-0')}"
     servicer = EchoServicer(url)
     server = grpc.aio.server()

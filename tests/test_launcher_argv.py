@@ -130,7 +130,7 @@ def facts(**kwargs) -> Facts:
 def test_defaults_are_tgis(clean_env: pytest.MonkeyPatch) -> None:
     config = parse()
     assert {name: getattr(config, name) for name in TGI_DEFAULTS} == TGI_DEFAULTS
-    assert (config.scheduler, config.shard, config.unknown_args) == ("async", "auto", ())
+    assert (config.scheduler, config.shard) == ("async", "auto")
 
 
 def test_every_tgi_flag_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
@@ -156,7 +156,7 @@ def test_every_tgi_flag_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
     assert config.max_input_tokens == 100 and config.cuda_graphs == (1, 2, 0) and config.port == 8080
     assert config.cors_allow_origin == ("a", "b") and config.sharded is False and config.rope_factor == 2.0
     assert config.graceful_termination_timeout == 5 and config.env and config.ngrok
-    assert (config.scheduler, config.shard, config.unknown_args) == ("sync", "bundled", ())
+    assert (config.scheduler, config.shard) == ("sync", "bundled")
 
 
 def test_env_vars_and_cli_precedence(clean_env: pytest.MonkeyPatch) -> None:
@@ -191,17 +191,6 @@ def test_bad_values_are_clear_errors(clean_env: pytest.MonkeyPatch, capsys: pyte
         LaunchError, match=r"invalid value 'fast' for --scheduler \(env TGI_ASYNC_SCHEDULER\)"
     ):
         parse()
-
-
-def test_unknown_flags_are_accepted_and_noted(clean_env: pytest.MonkeyPatch) -> None:
-    config = parse("--model-id", "m", "--max-image-fetch-size", "7", "--some-new-flag")
-    assert config.model_id == "m"
-    assert config.unknown_args == ("--max-image-fetch-size", "7", "--some-new-flag")
-    lines = notes(config, resolve(config, facts()))
-    assert lines[:2] == (
-        "--max-image-fetch-size: accepted, not applicable",
-        "--some-new-flag: accepted, not applicable",
-    )
 
 
 @pytest.mark.parametrize(
@@ -385,7 +374,7 @@ def test_bundled_shard_argv_and_env() -> None:
     (shard,) = launch.shards
     assert shard.argv == (
         sys.executable, "-m", "tgi_async.cli", "shard", "serve", "/models/tiny",
-        "--uds-path", "/tmp/text-generation-server", "--logger-level", "INFO",
+        "--uds-path", "/tmp/text-generation-server", "--logger-level", "INFO", "--json-output",
         "--otlp-service-name", "text-generation-inference.router", "--max-input-tokens", "100",
     )  # fmt: skip
     assert (

@@ -6,12 +6,9 @@ gives it, so the TGI-shard path runs without TGI; the last test runs the real bu
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,63 +16,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.launcher_fakes import fake_tgi_env, free_port, launch_argv
 from tgi_async.launcher.processes import short_tmp_dir
-
-REPO = Path(__file__).resolve().parents[1]
-FAKE_SHARD = """#!/bin/bash
-echo "$*" >> "$FAKE_RECORD/argv"
-if [ "$1" = "download-weights" ]; then
-  echo '{"text": "weights ready", "record": {"level": {"name": "INFO"}}}'
-  exit 0
-fi
-env > "$FAKE_RECORD/env-$RANK"
-echo $$ > "$FAKE_RECORD/pid-$RANK"
-echo "fake shard $RANK starting"
-if [ -n "$FAKE_FAIL" ]; then echo "fake shard boom"; exit 3; fi
-trap 'echo "fake shard $RANK got TERM"; exit 0' TERM
-while true; do sleep 0.05; done
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tgi_async.cli", "launch", *args]
 
 
 @pytest.fixture
 def fake_tgi(tmp_path: Path) -> dict[str, str]:
-    """Env making `--shard tgi` run the stand-in, with a local model dir (no Hub access)."""
-    script = tmp_path / "text-generation-server"
-    script.write_text(FAKE_SHARD)
-    script.chmod(0o755)
-    record = tmp_path / "record"
-    record.mkdir()
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 2048}))
-    env = {**os.environ, "TGI_SHARD_BIN": str(script), "FAKE_RECORD": str(record), "MODEL_ID": str(model)}
-    for name in ("LOG_LEVEL", "ATTENTION", "PREFIX_CACHING", "PORT", "HOSTNAME", "NUM_SHARD"):
-        env.pop(name, None)
-    return env
+    return fake_tgi_env(tmp_path)
 
 
 def test_shard_exit_stops_the_launch(fake_tgi: dict[str, str]) -> None:
     uds = os.path.join(short_tmp_dir(), "s")
     env = {**fake_tgi, "FAKE_FAIL": "1", "LOG_LEVEL": "debug"}
     result = subprocess.run(
-        launch_argv("--shard", "tgi", "--shard-uds-path", uds, "--port", str(free_port()), "--future-flag"),
+        launch_argv("--shard", "tgi", "--shard-uds-path", uds, "--port", str(free_port())),
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    assert "shard-0 exited with code 3" in result.stderr
-    assert "fake shard boom" in result.stderr  # its last lines come with the error
-    assert "--future-flag: accepted, not applicable" in result.stderr
-    assert "weights ready" in result.stderr  # TGI's JSON log lines are re-logged as text
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "shard-0 exited with code 3" in output
+    assert "fake shard boom" in output  # its last lines come with the error
+    assert "weights ready" in output  # TGI's JSON log lines are re-logged as text
     record = Path(env["FAKE_RECORD"])
     download, serve = (record / "argv").read_text().splitlines()
     assert download.startswith(f"download-weights {env['MODEL_ID']} --extension .safetensors")
@@ -93,7 +54,7 @@ def test_signal_stops_waiting_shards(fake_tgi: dict[str, str]) -> None:
     uds = os.path.join(short_tmp_dir(), "s")
     launcher = subprocess.Popen(
         launch_argv("--shard", "tgi", "--num-shard", "2", "--shard-uds-path", uds, "-g", "5"),
-        env=fake_tgi, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=fake_tgi, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     record = Path(fake_tgi["FAKE_RECORD"])
     deadline = time.monotonic() + 30
@@ -101,12 +62,12 @@ def test_signal_stops_waiting_shards(fake_tgi: dict[str, str]) -> None:
         time.sleep(0.05)
     pids = [int((record / f"pid-{rank}").read_text()) for rank in (0, 1)]
     launcher.send_signal(signal.SIGTERM)
-    _, stderr = launcher.communicate(timeout=30)
-    assert launcher.returncode == 0, stderr
+    output, _ = launcher.communicate(timeout=30)
+    assert launcher.returncode == 0, output
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert "fake shard 0 got TERM" in stderr and "fake shard 1 got TERM" in stderr
+    assert "fake shard 0 got TERM" in output and "fake shard 1 got TERM" in output
     assert [line.split()[0] for line in (record / "argv").read_text().splitlines()] == [
         "download-weights", "serve", "serve",
     ]  # fmt: skip
@@ -118,8 +79,8 @@ def test_bad_flags_exit_before_starting_anything(fake_tgi: dict[str, str]) -> No
         env=fake_tgi, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 1
-    assert "`max_input_tokens`(10) must be < `max_total_tokens`(5)" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "`max_input_tokens`(10) must be < `max_total_tokens`(5)" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
     assert not (Path(fake_tgi["FAKE_RECORD"]) / "argv").exists()
 
 
@@ -141,7 +102,7 @@ def bundled_stack(tiny_model_dir: Path) -> Iterator[tuple[subprocess.Popen, str,
     launcher = subprocess.Popen(
         launch_argv("--model-id", str(tiny_model_dir), "--shard", "bundled", "--hostname", "127.0.0.1",
                     "--port", str(port), "--shard-uds-path", uds, "--scheduler", "sync", "-g", "10"),
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         yield launcher, f"http://127.0.0.1:{port}", uds
@@ -154,13 +115,17 @@ def bundled_stack(tiny_model_dir: Path) -> Iterator[tuple[subprocess.Popen, str,
 def test_bundled_shard_and_router(bundled_stack: tuple[subprocess.Popen, str, str]) -> None:
     launcher, url, uds = bundled_stack
     assert launcher.stdout is not None
-    ready = launcher.stdout.readline()  # blocks until the readiness line (or the launcher's exit)
-    assert ready.startswith(f"tgi-async ready: {url} (model "), launcher.communicate(timeout=30)[1][-3000:]
+    lines = []
+    for ready in launcher.stdout:  # its logs, then the readiness line (or the launcher's exit)
+        lines.append(ready)
+        if ready.startswith("tgi-async ready"):
+            break
+    assert ready.startswith(f"tgi-async ready: {url} (model "), "".join(lines[-30:])
     assert ready.rstrip().endswith("scheduler sync, shard bundled)")
     assert os.path.exists(f"{uds}-0")
     with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
         assert response.status == 200
     launcher.send_signal(signal.SIGINT)
-    _, stderr = launcher.communicate(timeout=60)
-    assert launcher.returncode == 0, stderr[-3000:]
+    output, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, output[-3000:]
     assert not os.path.exists(f"{uds}-0")  # the shard stopped and removed its socket

@@ -16,6 +16,8 @@ import argparse
 import importlib
 import sys
 
+from tgi_async.flags import add_version
+
 # subcommand -> module with `add_parser(subparsers)`; the parser's `func` default runs it
 SUBCOMMANDS = {
     "shard": "tgi_async.shard.cli",
@@ -28,6 +30,7 @@ SUBCOMMANDS = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tgi-async", description=__doc__.split("\n")[0])
+    add_version(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         if only is not None and name != only:

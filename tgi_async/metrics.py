@@ -31,6 +31,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from decimal import Decimal
 
 SUMMARY_QUANTILES = (0.0, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0)
@@ -121,6 +122,10 @@ class _Metric:
 
     def observe(self, value: float) -> None:
         self._child(()).observe(value)
+
+    def value(self) -> float:
+        """The unlabeled series' value (counters and gauges; tests)."""
+        return self._child(()).value
 
     def clear(self) -> None:
         """Forget every series (tests)."""
@@ -291,6 +296,9 @@ class Summary(_Metric):
 class Registry:
     def __init__(self) -> None:
         self.metrics: list[_Metric] = []
+        # Sets the gauges read from live state (the scheduler's) right before each scrape: they cost nothing
+        # between scrapes, and read exactly what is there when Prometheus (or an endpoint picker) asks.
+        self.before_render: Callable[[], None] | None = None
 
     def add(self, metric: _Metric):
         self.metrics.append(metric)
@@ -298,6 +306,8 @@ class Registry:
 
     def render(self) -> str:
         """The exposition text: counters, then gauges, then histograms and summaries."""
+        if self.before_render is not None:
+            self.before_render()
         order = {"counter": 0, "gauge": 1, "histogram": 2, "summary": 2}
         ordered = sorted(self.metrics, key=lambda m: order[m.kind])
         return "".join(m.render() for m in ordered)
@@ -392,6 +402,27 @@ PREFIX_CACHED_TOKENS = _histogram(
 # earlier.
 VANISHED_BATCH_CALLS = _counter(
     "tgi_async_vanished_batch_calls", "Pipelined calls that met a batch the shard had dropped"
+)
+# Prefills sent again with part of a failed Prefill's requests, to find the one that failed it (scheduler/
+# isolation.py; TGI fails the whole batch).
+PREFILL_ISOLATION_RETRIES = _counter(
+    "tgi_async_prefill_isolation_retries",
+    "Prefills sent again with part of a failed batch's requests, to find the request that failed it",
+)
+
+# Kubernetes Gateway API Inference Extension (model-server protocol, vLLM semantics; docs/deploy.md has the
+# endpoint picker flags): queued = tgi_queue_size, running = tgi_batch_current_size, and these three, set at
+# each scrape from the scheduler state.
+KV_CACHE_USAGE = _gauge(
+    "tgi_async_kv_cache_usage_perc", "Fraction of KV-cache blocks held by running requests (0 to 1)"
+)
+CACHE_CONFIG_INFO = _gauge(
+    "tgi_async_cache_config_info", "KV cache layout (value 1)", ("block_size", "num_gpu_blocks")
+)
+LORA_REQUESTS_INFO = _gauge(
+    "tgi_async_lora_requests_info",
+    "LoRA adapters of running and waiting requests (value: the time of the scrape)",
+    ("max_lora", "running_lora_adapters", "waiting_lora_adapters"),
 )
 
 

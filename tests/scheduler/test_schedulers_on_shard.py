@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
+from tgi_async import metrics
 from tgi_async.client.sharded_client import ShardedClient
 from tgi_async.router.startup import resolve_limits, warm_up
 from tgi_async.scheduler.config import SchedulerConfig
@@ -130,20 +132,31 @@ async def test_long_prompt_is_chunked_and_matches_alone(shard: str, tokenizer, p
         await client.close()
 
 
-async def test_shard_error_reaches_only_its_request(shard: str, tokenizer) -> None:
-    scheduler, client = await start_scheduler(shard, "async")
+@pytest.mark.parametrize("policy", POLICIES)
+async def test_shard_error_reaches_only_its_request(shard: str, tokenizer, policy: str) -> None:
+    """A request the shard refuses at Prefill (it slipped past validation), in one Prefill with 4 live ones:
+    it alone fails with the shard's message, the 4 give what they give alone, every block comes back."""
+    scheduler, client = await start_scheduler(shard, policy)
     try:
         bad = GenerateRequest(
             inputs="the batch",
-            input_length=3,
-            sampling=SamplingParameters(temperature=0.0),  # rejected by the shard
+            input_length=len(tokenizer("the batch").input_ids),
+            sampling=SamplingParameters(temperature=0.0),  # rejected by the shard (INVALID_ARGUMENT)
             stopping=StoppingParameters(max_new_tokens=4),
         )
-        good = asyncio.create_task(run_one(scheduler, make_request(tokenizer, "queue kernel", 8)))
-        with pytest.raises(InferError):
-            await run_one(scheduler, bad)
-        ids, _ = await good
-        assert len(ids) == 8
+        prompts = ["queue kernel", "the batch decode", "stream router shard", "tensor cache block slot"]
+        alone = [await run_one(scheduler, make_request(tokenizer, p, 8)) for p in prompts]
+        retries = metrics.PREFILL_ISOLATION_RETRIES.value()
+        streams = [run_one(scheduler, make_request(tokenizer, p, 8)) for p in prompts]
+        streams.insert(2, run_one(scheduler, bad))
+        results = await asyncio.gather(*streams, return_exceptions=True)
+        refused = results.pop(2)
+        assert [ids for ids, _ in results] == [ids for ids, _ in alone]
+        assert isinstance(refused, InferError)
+        assert re.fullmatch(r"Server error: request \d+: temperature must be > 0, got 0\.0", refused.message)
+        assert metrics.PREFILL_ISOLATION_RETRIES.value() - retries >= 2  # the five were in one Prefill
+        assert scheduler.state.running == {}
+        assert scheduler.state.allocator.free_blocks == scheduler.state.allocator.total_blocks - 1
     finally:
         await scheduler.stop()
         await client.close()

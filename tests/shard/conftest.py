@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,13 +12,19 @@ import pytest
 import pytest_asyncio
 from shard_helpers import MAX_PREFILL_TOKENS, Reference, router_warmup_request
 
-from tgi_async.launcher.processes import ChildProcess, spawn, tgi_async_command, wait_for_path
+from tgi_async.launcher.processes import (
+    ChildProcess,
+    short_tmp_dir,
+    spawn,
+    tgi_async_command,
+    wait_for_path,
+)
 from tgi_async.proto import ShardStub
 
 
 def start_bundled_shard(model_dir: Path, *extra: str, env: dict[str, str] | None = None):
     """`tgi-async shard serve` on a fresh short socket path; returns (process, rank-0 socket path)."""
-    directory = tempfile.mkdtemp(prefix="tgia-shard-", dir="/tmp")
+    directory = short_tmp_dir("tgia-shard-")
     uds = os.path.join(directory, "shard")
     child: ChildProcess = spawn(
         "shard",

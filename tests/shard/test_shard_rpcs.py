@@ -7,14 +7,13 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
 import grpc
 import grpc.aio
 from shard_helpers import MAX_PREFILL_TOKENS, Blocks, batch, expect_error, request, router_warmup_request
 
-from tgi_async.launcher.processes import tgi_async_command
+from tgi_async.launcher.processes import short_tmp_dir, tgi_async_command
 from tgi_async.proto import ShardStub, pb
 
 U64_MAX = (1 << 64) - 1
@@ -144,7 +143,7 @@ async def test_finished_requests_stay_until_filtered_and_are_not_computed(stub, 
 
 def test_stale_socket_replaced_and_sigterm_removes_the_socket(tiny_model_dir, tmp_path):
     # what a killed shard leaves behind: a socket file nobody listens on
-    directory = tempfile.mkdtemp(prefix="tgia-stale-", dir="/tmp")
+    directory = short_tmp_dir("tgia-stale-")
     uds = os.path.join(directory, "shard")
     socket_path = f"{uds}-0"
     stale = socket.socket(socket.AF_UNIX)
@@ -190,19 +189,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 def test_cli_refuses_what_the_bundled_shard_cannot_do(tiny_model_dir):
+    # NOTE: logs go to stdout, as TGI's shard's do
     model = str(tiny_model_dir)
     result = run_cli(model, "--quantize", "gptq")
     assert result.returncode == 2
-    assert "quantization gptq is not supported by the bundled shard; use TGI's shard" in result.stderr
+    assert "quantization gptq is not supported by the bundled shard; use TGI's shard" in result.stdout
     result = run_cli(model, env={"WORLD_SIZE": "2", "RANK": "1"})
-    assert result.returncode == 2 and "no tensor parallelism" in result.stderr
+    assert result.returncode == 2 and "no tensor parallelism" in result.stdout
     result = run_cli(model, "--lora-adapters", "some/adapter")
-    assert result.returncode == 2 and "LoRA" in result.stderr
+    assert result.returncode == 2 and "LoRA" in result.stdout
     result = run_cli(model, "--speculate", "2")
-    assert result.returncode == 2 and "speculation" in result.stderr
+    assert result.returncode == 2 and "speculation" in result.stdout
     result = run_cli("no-such-org/no-such-model", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
-    assert "MODEL_ID is not a local directory and the hub is unreachable" in result.stderr
+    assert "MODEL_ID is not a local directory and the hub is unreachable" in result.stdout
 
 
 async def test_truncate_keeps_the_last_tokens_and_special_tokens_are_optional(stub, reference):

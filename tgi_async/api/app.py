@@ -22,7 +22,7 @@ from tgi_async.api import protocol as p
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import install_handlers
 from tgi_async.api.middleware import ApiKey, BodyLimit, Cors, ReleaseMemoryAfterLargeBodies
-from tgi_async.api.routes import generate, info
+from tgi_async.api.routes import generate, info, vertex
 from tgi_async.api.routes.invocations import InvocationsDispatch
 from tgi_async.api.serving import Serving
 from tgi_async.api.validation import Validator
@@ -34,7 +34,7 @@ OPENAPI_URL = "/api-doc/openapi.json"
 DOCS_URL = "/docs"
 OPENAI_ROUTES = "tgi_async.api.routes.openai_compat"
 # Request bodies parsed by hand (body.py) still documented in the OpenAPI components.
-REQUEST_MODELS = (p.GenerateRequest, p.CompatGenerateRequest, generate.VertexRequest)
+REQUEST_MODELS = (p.GenerateRequest, p.CompatGenerateRequest, vertex.VertexRequest)
 LARGE_BODY_BYTES = 256 * 1024  # after a request this large the router returns freed memory to the OS
 
 
@@ -123,6 +123,7 @@ def create_app(
     install_handlers(app)
     _add_routes(app, info.router)
     _add_routes(app, generate.router)
+    _add_routes(app, vertex.router)
     try:
         openai_compat = importlib.import_module(OPENAI_ROUTES)
     except ModuleNotFoundError as exc:

@@ -7,6 +7,7 @@ routes), `stream_responses` its `generate_stream_internal`: headers now, then `S
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 from tgi_async import metrics
 from tgi_async.api import protocol as p
+from tgi_async.api.request_log import log_failure, log_success, request_span
 from tgi_async.api.serving import GenerateOutcome, Serving
+from tgi_async.logs import LogSpan
 from tgi_async.scheduler.request import EndEvent, InferError, PrefillEvent, Token, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -101,17 +104,25 @@ def details(outcome: GenerateOutcome, prompt: str | None, best_of: bool) -> p.De
     )
 
 
-async def generate_response(serving: Serving, request: p.GenerateRequest) -> GenerateResult:
-    """Run `request` to the end: TGI's response body, `x-*` headers and success metrics."""
+async def generate_response(
+    serving: Serving, request: p.GenerateRequest, span_name: str = "generate"
+) -> GenerateResult:
+    """Run `request` to the end: TGI's response body, `x-*` headers, success metrics and its log line
+    (`span_name`: the route's, as TGI names it)."""
     arrived_at = time.monotonic()
     metrics.REQUEST_COUNT.inc()
     parameters = request.parameters
+    span = request_span(span_name, parameters)
     prompt = request.inputs if parameters.return_full_text else None
     best_of = parameters.best_of is not None and parameters.best_of > 1
-    if best_of:
-        outcome = await serving.generate_best_of(request, parameters.best_of)
-    else:
-        outcome = await serving.generate(request)
+    try:
+        if best_of:
+            outcome = await serving.generate_best_of(request, parameters.best_of)
+        else:
+            outcome = await serving.generate(request)
+    except InferError as error:
+        log_failure(span, error)
+        raise
     with_details = parameters.details or parameters.decoder_input_details
     generated = outcome.generated_text
     timings = Timings.measure(arrived_at, outcome.queued_at, outcome.started_at, generated.generated_tokens)
@@ -128,6 +139,7 @@ async def generate_response(serving: Serving, request: p.GenerateRequest) -> Gen
         "x-generated-tokens": str(generated.generated_tokens),
     }
     timings.record(generated.generated_tokens)
+    log_success(span, timings, generated.seed)
     response = p.GenerateResponse(
         generated_text=(prompt or "") + generated.text,
         details=details(outcome, prompt, best_of) if with_details else None,
@@ -144,34 +156,39 @@ def stream_headers(serving: Serving, request: p.GenerateRequest) -> dict[str, st
 
 
 def stream_responses(
-    serving: Serving, request: p.GenerateRequest
+    serving: Serving, request: p.GenerateRequest, span_name: str = "generate_stream"
 ) -> tuple[dict[str, str], AsyncIterator[p.StreamResponse | InferError]]:
     """Headers for the SSE response, and its items: `StreamResponse`s, or one `InferError` that ends it."""
     metrics.REQUEST_COUNT.inc()
-    return stream_headers(serving, request), _stream_items(serving, request, time.monotonic())
+    span = request_span(span_name, request.parameters)
+    return stream_headers(serving, request), _stream_items(serving, request, time.monotonic(), span)
+
+
+def _failed(span: LogSpan, error: InferError) -> InferError:
+    log_failure(span, error)
+    return error
 
 
 async def _stream_items(
-    serving: Serving, request: p.GenerateRequest, arrived_at: float
+    serving: Serving, request: p.GenerateRequest, arrived_at: float, span: LogSpan
 ) -> AsyncIterator[p.StreamResponse | InferError]:
     parameters = request.parameters
     prompt = request.inputs if parameters.return_full_text else None
     if (1 if parameters.best_of is None else parameters.best_of) != 1:
         metrics.REQUEST_FAILURE.labels("validation").inc()
-        yield InferError("`best_of` != 1 is not supported when streaming tokens", "validation")
+        yield _failed(span, InferError("`best_of` != 1 is not supported when streaming tokens", "validation"))
         return
     if parameters.decoder_input_details:
         metrics.REQUEST_FAILURE.labels("validation").inc()
-        yield InferError(
-            "`decoder_input_details` == true is not supported when streaming tokens", "validation"
-        )
+        message = "`decoder_input_details` == true is not supported when streaming tokens"
+        yield _failed(span, InferError(message, "validation"))
         return
     stream = serving.stream(request)
     try:
         try:
             await stream.start()
         except InferError as error:
-            yield error
+            yield _failed(span, error)
             return
         index = 0
         try:
@@ -198,9 +215,11 @@ async def _stream_items(
                         seed=generated.seed,
                         input_length=stream.input_length,
                     )
-                Timings.measure(
+                timings = Timings.measure(
                     arrived_at, event.queued_at, event.started_at, generated.generated_tokens
-                ).record(generated.generated_tokens)
+                )
+                timings.record(generated.generated_tokens)
+                log_success(span, timings, generated.seed)
                 yield p.StreamResponse(
                     index=index,
                     token=token(event.token),
@@ -210,13 +229,32 @@ async def _stream_items(
                 )
                 return
         except InferError as error:
-            yield error
+            yield _failed(span, error)
             return
         except Exception:  # a bug below us must still end the stream with an error event
             log.exception("stream failed")
             yield InferError("internal error", "generation")  # the log has the exception, not the client
             return
         metrics.REQUEST_FAILURE.labels("incomplete").inc()
-        yield InferError("Incomplete generation stream", "incomplete_generation_stream")
+        yield _failed(span, InferError("Incomplete generation stream", "incomplete_generation_stream"))
     finally:
         await stream.aclose()
+
+
+async def generate_all(
+    serving: Serving, requests: list[p.GenerateRequest], span_name: str = "generate"
+) -> list[GenerateResult]:
+    """All requests at once; the first error cancels the others and is raised (TGI's `try_collect`)."""
+    if len(requests) == 1:
+        return [await generate_response(serving, requests[0], span_name)]
+    tasks = [asyncio.ensure_future(generate_response(serving, r, span_name)) for r in requests]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

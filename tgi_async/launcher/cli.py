@@ -1,7 +1,7 @@
 """`tgi-async launch`: TGI's text-generation-launcher flags (same names, env vars, defaults) + ours.
 
-Flags come from LaunchConfig's field metadata (config.py). Flags we do not know are accepted and logged as
-"accepted, not applicable", so command lines written for text-generation-launcher keep working.
+Flags come from LaunchConfig's field metadata (config.py). A flag we do not know stops the launch with exit
+code 2 before anything starts, as TGI's launcher does (a typo such as --prot must not serve on the default).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 from dataclasses import fields
 from typing import Any
 
+from tgi_async.flags import add_version, describe, reject_unknown_flags
 from tgi_async.launcher.config import LaunchConfig, LaunchError, env_name
 
 logger = logging.getLogger("tgi_async.launcher")
@@ -47,7 +48,7 @@ def add_launch_flags(parser: argparse.ArgumentParser) -> None:
         names = [f"--{spec.name.replace('_', '-')}"] + ([meta["short"]] if meta["short"] else [])
         env = env_name(spec.name, meta)
         raw = os.environ.get(env) if env else None
-        help_text = meta["help"] + (f" [env {env}]" if env else "")
+        help_text = describe(meta["help"], env, spec.default if meta["kind"] != "append" else None)
         if meta["kind"] == "switch":
             default = raw is not None and raw.strip().lower() not in _FALSEY
             parser.add_argument(*names, action="store_true", default=default, help=help_text)
@@ -82,19 +83,7 @@ def config_from_args(args: argparse.Namespace) -> LaunchConfig:
                 f"choose from {', '.join(meta['choices'])}"
             )
         values[spec.name] = value
-    return LaunchConfig(**values, unknown_args=tuple(getattr(args, "unknown_args", ())))
-
-
-def _accept_unknown_flags(parser: argparse.ArgumentParser) -> None:
-    """Make this subparser keep flags it does not know in `unknown_args` instead of failing."""
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
-        parsed, extras = parse_known(args, namespace)
-        parsed.unknown_args = [*getattr(parsed, "unknown_args", []), *extras]
-        return parsed, []
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    return LaunchConfig(**values)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -105,8 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     add_launch_flags(parser)
-    parser.set_defaults(func=run, unknown_args=[])
-    _accept_unknown_flags(parser)
+    add_version(parser)
+    parser.set_defaults(func=run)
+    reject_unknown_flags(parser)
 
 
 def _log_level(environ: dict[str, str]) -> str:
@@ -119,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from tgi_async.launcher.launch import launch
     from tgi_async.logs import setup_logging
 
-    setup_logging(json_output=args.json_output, level=_log_level(dict(os.environ)))
+    setup_logging(json_output=args.json_output, level=_log_level(dict(os.environ)), style="launcher")
     try:
         return launch(config_from_args(args))
     except LaunchError as exc:

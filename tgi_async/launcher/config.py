@@ -95,7 +95,9 @@ class LaunchConfig:
     cuda_graphs: tuple[int, ...] | None = flag(None, "ints", "CUDA graph batch sizes (a,b,...); 0 disables")
     hostname: str = flag("0.0.0.0", "str", "address the router listens on")
     port: int = flag(3000, "int", "port the router listens on", short="-p")
-    prometheus_port: int = flag(9000, "int", "Prometheus port (TGI's router; /metrics is served on --port)")
+    prometheus_port: int = flag(
+        9000, "int", "port of a second server with /metrics only (also served on --port); 0: none"
+    )
     shard_uds_path: str = flag("/tmp/text-generation-server", "str", "shard sockets are PATH-{rank}")
     master_addr: str = flag("localhost", "str", "torch.distributed master address")
     master_port: int = flag(29500, "int", "torch.distributed master port")
@@ -163,7 +165,6 @@ class LaunchConfig:
         SHARD_KINDS,
         env="TGI_ASYNC_SHARD",
     )
-    unknown_args: tuple[str, ...] = ()  # flags we do not know: accepted, logged, not used
 
 
 def env_name(name: str, metadata: Any) -> str | None:

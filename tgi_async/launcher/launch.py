@@ -22,14 +22,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 
 from tgi_async.launcher.config import LaunchConfig, LaunchError, redacted, validate
 from tgi_async.launcher.plan import Command, Facts, LaunchPlan, plan
+from tgi_async.launcher.preflight import check_free, check_port_free, locate_model
 from tgi_async.launcher.processes import ChildProcess, spawn_streaming, stop_all
-from tgi_async.launcher.sizing import GpuInfo, ModelConfig, parse_model_config
+from tgi_async.launcher.sizing import GpuInfo
 
 logger = logging.getLogger("tgi_async.launcher")
 
@@ -53,32 +54,6 @@ class ChildExited(LaunchError):
             f"{child.name} exited with code {child.popen.returncode}"
             + (f"; its last output lines:\n{tail}" if tail else " (no output)")
         )
-
-
-def read_model_config(model_id: str, revision: str | None, environ: dict[str, str]) -> ModelConfig | None:
-    """config.json from a local directory, the Hub cache or the Hub; None when unreadable (TGI goes on)."""
-    try:
-        local = Path(model_id) / "config.json"
-        if local.parent.is_dir():
-            return parse_model_config(json.loads(local.read_text()))
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
-        if isinstance(cached, str):
-            return parse_model_config(json.loads(Path(cached).read_text()))
-        if environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            return None
-        # NOTE: one plain request (TGI makes one): huggingface_hub would retry for ~20 s when offline.
-        endpoint = environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-        request = urllib.request.Request(f"{endpoint}/{model_id}/resolve/{revision or 'main'}/config.json")
-        token = environ.get("HF_TOKEN") or environ.get("HF_API_TOKEN")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return parse_model_config(json.loads(response.read()))
-    except Exception as exc:
-        logger.info("Could not read the model's config.json: %s", exc)
-        return None
 
 
 def probe_gpus() -> tuple[GpuInfo | None, int | None]:
@@ -132,13 +107,33 @@ def log_runtime_env(environ: dict[str, str]) -> None:
     logger.info("CUDA_VISIBLE_DEVICES=%s", cuda if cuda is not None else "(unset)")
 
 
-def _health_ok(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP proxy
+def _get(url: str) -> bytes | None:
+    """GET `url` (never through an HTTP proxy); the body on 200, else None."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=2) as response:
-            return response.status == 200
+            return response.read() if response.status == 200 else None
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+def router_ready(base_url: str, instance_id: str) -> bool:
+    """Our router is healthy: /health answers 200 and /info carries our instance id (another server that
+    answers the same port is not ours)."""
+    if _get(f"{base_url}/health") is None:
         return False
+    info = _get(f"{base_url}/info")
+    try:
+        return info is not None and json.loads(info).get("instance_id") == instance_id
+    except (ValueError, AttributeError):
+        return False
+
+
+def write_stdout(text: str) -> None:
+    """One line to stdout; a closed terminal (EIO, EPIPE) must not stop the launcher or a reader thread."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def connect_host(hostname: str) -> str:
@@ -161,6 +156,7 @@ class Launcher:
         self.stop = threading.Event()
         self.signals = 0
         self._output_lock = threading.Lock()
+        self.instance_id = uuid.uuid4().hex  # the router shows it in /info: readiness is checked against it
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.signals += 1
@@ -171,22 +167,22 @@ class Launcher:
                     child.popen.kill()
 
     def on_line(self, name: str, line: str) -> None:
-        """A child's output line: TGI shard JSON logs are re-logged, everything else is copied to stderr."""
-        if line.startswith("{") and name.startswith("shard") and self.plan.resolved.shard_kind == "tgi":
+        """A child's output line: shard JSON logs (loguru's shape) are logged again, the rest copied."""
+        if line.startswith("{") and name != "router":
             with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
                 record = json.loads(line)
                 level = _LOGURU_LEVELS.get(record["record"]["level"]["name"], logging.INFO)
-                logger.log(level, record["text"].rstrip(), extra={"child": name})
+                logger.log(level, record["text"].rstrip())
                 return
         with self._output_lock:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+            write_stdout(line)
 
     def start(self, command: Command) -> ChildProcess:
         logger.info("Starting %s", command.name)
         logger.debug("%s argv: %s", command.name, " ".join(command.argv))
+        env = {**command.env, "TGI_ASYNC_INSTANCE_ID": self.instance_id} if command.name == "router" else None
         try:
-            child = spawn_streaming(command.name, command.argv, command.env, self.on_line)
+            child = spawn_streaming(command.name, command.argv, env or command.env, self.on_line)
         except OSError as exc:
             raise LaunchError(f"cannot start {command.name} ({command.argv[0]}): {exc}") from None
         self.children.append(child)
@@ -218,7 +214,10 @@ class Launcher:
                 raise ChildExited(child)
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # NOTE: SIGHUP too (a closed terminal), as TGI's launcher does; the children die with the launcher
+        # anyway (processes.py), but a signal handled here stops them in order.
+        stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self.on_signal) for sig in stopping}
         try:
             return self._run()
         except ChildExited as exc:
@@ -244,22 +243,18 @@ class Launcher:
                 return 0
             if child.popen.returncode != 0:
                 raise ChildExited(child)
-        for socket_path in self.plan.sockets:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(socket_path)  # a stale socket would look ready
         shards = [self.start(command) for command in self.plan.shards]
         sockets_exist = lambda: all(os.path.exists(p) for p in self.plan.sockets)  # noqa: E731
         if not self.wait_until(sockets_exist, shards, f"{len(shards)} shard(s)"):
             return 0
         router = self.start(self.plan.router)
-        health = f"http://{connect_host(self.config.hostname)}:{self.config.port}/health"
-        if not self.wait_until(lambda: _health_ok(health), [*shards, router], "router"):
+        base_url = f"http://{connect_host(self.config.hostname)}:{self.config.port}"
+        if not self.wait_until(lambda: router_ready(base_url, self.instance_id), [*shards, router], "router"):
             return 0
-        print(
+        write_stdout(
             f"tgi-async ready: http://{url_host(self.config.hostname)}:{self.config.port} "
             f"(model {self.config.model_id}, scheduler {self.config.scheduler}, "
-            f"shard {self.plan.resolved.shard_kind})",
-            flush=True,
+            f"shard {self.plan.resolved.shard_kind})"
         )
         self.supervise([*shards, router])
         return 0
@@ -269,10 +264,11 @@ def probe_facts(config: LaunchConfig) -> tuple[Facts, str]:
     """Facts for plan(), and a sentence saying how the shard kind was chosen."""
     environ = dict(os.environ)
     tgi_shard, how = (None, "--shard bundled") if config.shard == "bundled" else find_tgi_shard(environ)
+    model = locate_model(config.model_id, config.revision, environ)
     gpu, gpu_count = probe_gpus()
     facts = Facts(
         environ=environ,
-        model=read_model_config(config.model_id, config.revision, environ),
+        model=model,
         gpu=gpu,
         gpu_count=gpu_count,
         tgi_shard=tgi_shard,
@@ -284,10 +280,12 @@ def launch(config: LaunchConfig) -> int:
     """Run `tgi-async launch` until a signal (0) or a child's exit (1); raises LaunchError on bad flags."""
     if config.env:
         log_runtime_env(dict(os.environ))
-    logger.info("Args %s", redacted(config))
     validate(config)  # before probing: reading a Hub config can take seconds
+    check_port_free(config.hostname, config.port, "--port")  # first: a second launch fails at once, in a line
+    logger.info("Args %s", redacted(config))
     facts, how = probe_facts(config)
     launch_plan = plan(config, facts)
+    check_free(config, launch_plan.sockets)
     resolved = launch_plan.resolved
     shard_command = " ".join(launch_plan.shards[0].argv[:3]) if launch_plan.shards else ""
     logger.info("Using shard %s (%s): %s", resolved.shard_kind, how, shard_command)

@@ -233,12 +233,10 @@ def tgi_shard_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
 
 def bundled_shard_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
     """Arguments of `tgi-async shard` for every rank: TGI's shard flags (the bundled shard takes the same and
-    refuses, with a clear message, what it cannot do), logs in the launcher's format."""
+    refuses, with a clear message, what it cannot do); logs as JSON lines, which the launcher logs again."""
     args = tgi_shard_args(config, resolved)
     level = args.index("--logger-level") + 1
     args[level] = "DEBUG" if args[level] == "TRACE" else args[level]
-    if not config.json_output:
-        args.remove("--json-output")
     if config.otlp_file is not None:  # ours: TGI's shard does not know the flag
         args += ["--otlp-file", config.otlp_file]
     return ["shard", *args]
@@ -339,8 +337,10 @@ def router_args(config: LaunchConfig, resolved: Resolved) -> list[str]:
     ]
 
 
-def router_env(facts: Facts, resolved: Resolved) -> dict[str, str]:
+def router_env(facts: Facts, resolved: Resolved, lora_adapters: str | None = None) -> dict[str, str]:
     env = common_env(facts, resolved)
+    if lora_adapters is not None:  # the shard loads them; the router's LoRA gauge counts them
+        env["LORA_ADAPTERS"] = lora_adapters
     if "HF_API_TOKEN" in facts.environ:
         env["HF_TOKEN"] = facts.environ["HF_API_TOKEN"]
     if resolved.compute_type is not None:
@@ -351,7 +351,7 @@ def router_env(facts: Facts, resolved: Resolved) -> dict[str, str]:
 
 def notes(config: LaunchConfig, resolved: Resolved) -> tuple[str, ...]:
     """Log lines for flags that are accepted but change nothing in this launch."""
-    lines = [f"{arg}: accepted, not applicable" for arg in config.unknown_args if arg.startswith("-")]
+    lines: list[str] = []
     if resolved.shard_kind == "bundled":
         for name in _BUNDLED_IGNORES:
             value = getattr(config, name)
@@ -388,7 +388,7 @@ def plan(config: LaunchConfig, facts: Facts) -> LaunchPlan:
         router=Command(
             "router",
             tuple(tgi_async_command("router", *router_args(config, resolved))),
-            router_env(facts, resolved),
+            router_env(facts, resolved, config.lora_adapters),
         ),
         notes=notes(config, resolved),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -50,6 +52,25 @@ class ChildProcess:
         return self.popen.returncode
 
 
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGTERM when the process that started it dies, however it dies
+    (SIGKILL included): the kernel's parent-death signal. None where there is none (not Linux)."""
+    if _LIBC is None:
+        return None
+    prctl = _LIBC.prctl  # looked up before fork: the child only makes two system calls
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def tgi_async_command(*args: str) -> list[str]:
     """argv running a tgi-async subcommand with this interpreter (no need for the console script on PATH)."""
     return [sys.executable, "-m", "tgi_async.cli", *args]
@@ -89,7 +110,8 @@ def spawn_streaming(
 
     Each stdout/stderr line goes to `on_line(name, line)` from a reader thread and is kept (the last
     `keep_lines`) for `log_tail`. NOTE: its own session keeps a terminal's Ctrl-C away from the child, so
-    the parent decides the shutdown order (as TGI's launcher does with a process group).
+    the parent decides the shutdown order (as TGI's launcher does with a process group); and the child gets
+    SIGTERM when the parent dies (`die_with_parent`), so a killed launcher leaves no shard or router behind.
     """
     popen = subprocess.Popen(
         list(argv),
@@ -98,6 +120,7 @@ def spawn_streaming(
         stdin=subprocess.DEVNULL,
         env=env,
         start_new_session=True,
+        preexec_fn=die_with_parent(os.getpid()),
     )
     recent: deque[str] = deque(maxlen=keep_lines)
     child = ChildProcess(name=name, argv=list(argv), popen=popen, env=env, recent=recent)
@@ -169,11 +192,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def short_tmp_dir() -> str:
-    """A short directory for Unix sockets (their paths are limited to ~100 bytes)."""
+TMP_ROOT_ENV = "TGI_ASYNC_TMP_ROOT"
+
+
+def short_tmp_dir(prefix: str = "tgia-") -> str:
+    """A short directory for Unix sockets (their paths are limited to ~100 bytes): under /tmp, or under
+    $TGI_ASYNC_TMP_ROOT when set (a test session sets it and removes it when it ends)."""
     import tempfile
 
-    return tempfile.mkdtemp(prefix="tgia-", dir="/tmp")
+    return tempfile.mkdtemp(prefix=prefix, dir=os.environ.get(TMP_ROOT_ENV) or "/tmp")
 
 
 def start_bundled_shard(

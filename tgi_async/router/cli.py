@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 from typing import Any
 
+from tgi_async.flags import add_version, describe, reject_unknown_flags
+from tgi_async.launcher.config import LaunchConfig
 from tgi_async.router.http_limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -18,9 +21,13 @@ from tgi_async.scheduler.config import (
 )
 
 
+def _env_name(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
 def _env_default(name: str, default: Any, cast=str) -> Any:
     """TGI's router reads every flag from an env var of the same name (clap `env`)."""
-    raw = os.environ.get(name.upper().replace("-", "_"))
+    raw = os.environ.get(_env_name(name))
     if raw is None or raw == "":
         return default
     if cast is bool:
@@ -28,13 +35,39 @@ def _env_default(name: str, default: Any, cast=str) -> Any:
     return cast(raw)
 
 
+# Help texts the launcher's flags already have (one text per flag; the router-only ones are below).
+_LAUNCH_HELP = {spec.name: spec.metadata["help"] for spec in fields(LaunchConfig) if spec.metadata}
+_ROUTER_HELP = {
+    "waiting_served_ratio": "waiting/running ratio that triggers a prefill (the launcher passes 0.3)",
+    "master_shard_uds_path": "the rank-0 shard's Unix socket; it lists the others",
+    "tokenizer_name": "tokenizer to load: a Hub id or a local directory (the launcher passes --model-id)",
+    "logger_level": "log level: DEBUG, INFO, WARNING or ERROR",
+    "max_image_fetch_size": "largest image a request may fetch (accepted, not applicable)",
+    "max_batch_prefill_tokens": "prompt tokens per prefill batch",
+    "usage_stats": "usage statistics (accepted, none are collected)",
+    "ngrok": "ngrok tunnel (accepted, not applicable)",
+}
+
+
 def _flag(parser: argparse.ArgumentParser, name: str, default: Any = None, cast=str, **kwargs: Any) -> None:
+    key = name.replace("-", "_")
+    text = kwargs.pop("help", None) or _ROUTER_HELP.get(key) or _LAUNCH_HELP.get(key, "")
     if cast is bool:
         parser.add_argument(
-            f"--{name}", action="store_true", default=_env_default(name, False, bool), **kwargs
+            f"--{name}",
+            action="store_true",
+            default=_env_default(name, False, bool),
+            help=describe(text, _env_name(name), None),
+            **kwargs,
         )
     else:
-        parser.add_argument(f"--{name}", type=cast, default=_env_default(name, default, cast), **kwargs)
+        parser.add_argument(
+            f"--{name}",
+            type=cast,
+            default=_env_default(name, default, cast),
+            help=describe(text, _env_name(name), default),
+            **kwargs,
+        )
 
 
 # Flags TGI's router accepts that change nothing here; accepted so launchers and scripts keep working.
@@ -67,7 +100,10 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "otlp-endpoint", None)
     _flag(parser, "otlp-service-name", "text-generation-inference.router")
     parser.add_argument(
-        "--cors-allow-origin", action="append", default=_split(os.environ.get("CORS_ALLOW_ORIGIN"))
+        "--cors-allow-origin",
+        action="append",
+        default=_split(os.environ.get("CORS_ALLOW_ORIGIN")),
+        help=describe(_LAUNCH_HELP["cors_allow_origin"], "CORS_ALLOW_ORIGIN", None),
     )
     _flag(parser, "ngrok", cast=bool)
     _flag(parser, "ngrok-authtoken", None)
@@ -82,7 +118,11 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         "--scheduler",
         choices=("async", "sync"),
         default=os.environ.get("TGI_ASYNC_SCHEDULER") or "async",
-        help="async: decoupled prefill/decode loops with pipelined shard calls; sync: TGI's batching loop",
+        help=describe(
+            "async: decoupled prefill/decode loops with pipelined shard calls; sync: TGI's batching loop",
+            "TGI_ASYNC_SCHEDULER",
+            "async",
+        ),
     )
     _flag(
         parser,
@@ -90,7 +130,7 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         DEFAULT_PREFILL_STEP_TOKENS,
         int,
         help="async scheduler: prompt tokens computed per shard step while other requests decode "
-        "(bounds how long a new prompt stalls the streams; env PREFILL_STEP_TOKENS)",
+        "(bounds how long a new prompt stalls the streams)",
     )
     _flag(
         parser,
@@ -98,15 +138,14 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         DEFAULT_SHARD_CALL_TIMEOUT_S,
         float,
         help="seconds a shard step may take before its requests fail (a hung shard never hangs a stream; "
-        "0: no deadline; env SHARD_CALL_TIMEOUT)",
+        "0: no deadline)",
     )
     _flag(
         parser,
         "health-stall-timeout",
         DEFAULT_HEALTH_STALL_S,
         float,
-        help="/health answers 503 while a shard call has been running this many seconds (env "
-        "HEALTH_STALL_TIMEOUT)",
+        help="/health answers 503 while a shard call has been running this many seconds",
     )
     _flag(
         parser,
@@ -114,7 +153,7 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         DEFAULT_HEADER_TIMEOUT_S,
         float,
         help="seconds a connection may take to send a request's line and headers (from its opening, or from "
-        "the next request's first byte); then it is closed (0: no limit; env HTTP_HEADER_TIMEOUT)",
+        "the next request's first byte); then it is closed (0: no limit)",
     )
     _flag(
         parser,
@@ -122,15 +161,14 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         DEFAULT_BODY_TIMEOUT_S,
         float,
         help="seconds a request's body may take after its headers; then 408 and the connection is closed "
-        "(0: no limit; env HTTP_BODY_TIMEOUT)",
+        "(0: no limit)",
     )
     _flag(
         parser,
         "http-max-silent-connections",
         DEFAULT_MAX_SILENT_CONNECTIONS,
         int,
-        help="connections open without having sent a byte; past it the oldest is closed (0: no limit; env "
-        "HTTP_MAX_SILENT_CONNECTIONS)",
+        help="connections open without having sent a byte; past it the oldest is closed (0: no limit)",
     )
     _flag(parser, "otlp-file", None, help="also write spans as OTLP JSON lines to this file")
     _flag(parser, "logger-level", "INFO")
@@ -142,13 +180,18 @@ def _split(value: str | None) -> list[str] | None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "router", help="serve TGI's HTTP API over generate.v3 shards (TGI's text-generation-router flags)"
+        "router",
+        help="serve TGI's HTTP API over generate.v3 shards (TGI's text-generation-router flags)",
+        description="Serve TGI's HTTP API over generate.v3 shards (TGI's text-generation-router flags).",
+        allow_abbrev=False,
     )
     add_router_flags(parser)
+    add_version(parser)
     parser.set_defaults(func=run)
     commands = parser.add_subparsers(dest="router_command")
     schema = commands.add_parser("print-schema", help="print the OpenAPI schema and exit")
     schema.set_defaults(func=print_schema)
+    reject_unknown_flags(parser)
 
 
 def print_schema(args: argparse.Namespace) -> int:

@@ -6,12 +6,16 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import uuid
 
 import uvicorn
 from starlette.types import ASGIApp
 
-from tgi_async import event_loop
+from tgi_async import event_loop, metrics
+from tgi_async.launcher.config import LaunchError
+from tgi_async.launcher.preflight import check_port_free
 from tgi_async.logs import setup_logging
 from tgi_async.memory import freeze_startup_objects
 from tgi_async.router.cli import NOT_APPLICABLE
@@ -56,6 +60,13 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     if min(args.http_header_timeout, args.http_body_timeout, args.http_max_silent_connections) < 0:
         logger.error("`http_*_timeout` and `http_max_silent_connections` must be >= 0")
+        return 1
+    try:  # before connecting to the shards: a busy port is one line, not a traceback after warmup
+        check_port_free(args.hostname, args.port, "--port")
+        if args.prometheus_port and args.prometheus_port != args.port:
+            check_port_free(args.hostname, args.prometheus_port, "--prometheus-port")
+    except LaunchError as exc:
+        logger.error("%s", exc)
         return 1
     for name in NOT_APPLICABLE:
         if getattr(args, name) not in (None, False, "on", 1_073_741_824):
@@ -108,6 +119,7 @@ async def _serve(args: argparse.Namespace) -> int:
         limits.max_batch_total_tokens,
         extra={"max_input_tokens": limits.max_input_tokens, "max_total_tokens": limits.max_total_tokens},
     )
+    metrics.BATCH_MAX_TOTAL_TOKENS.set(limits.max_batch_total_tokens)
     tokenizer = await asyncio.to_thread(load_tokenizer, args)
     scheduler_config = SchedulerConfig(
         policy=args.scheduler,
@@ -145,7 +157,12 @@ async def _serve(args: argparse.Namespace) -> int:
         api_config,
         scheduler,
         tokenizer,
-        extra_info={"scheduler": args.scheduler, "shard_device_type": info.device_type},
+        extra_info={
+            "scheduler": args.scheduler,
+            "shard_device_type": info.device_type,
+            # which router answers this port: the launcher checks it is the one it started
+            "instance_id": os.environ.get("TGI_ASYNC_INSTANCE_ID") or uuid.uuid4().hex,
+        },
     )
     limits = HttpLimits(
         header_timeout=args.http_header_timeout,

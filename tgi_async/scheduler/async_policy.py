@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 from tgi_async import metrics
@@ -26,7 +27,7 @@ from tgi_async.scheduler.decode_plan import EXTRA_STEPS, DecodePlan, plan_decode
 from tgi_async.scheduler.entry import Entry
 from tgi_async.scheduler.pipeline import Call, Pipeline
 from tgi_async.scheduler.request import InferEvent
-from tgi_async.scheduler.steps import generation_error
+from tgi_async.scheduler.steps import caused_by_requests, generation_error
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class AsyncScheduler(SchedulerCore):
         self.prefills: deque[tuple[NewBatch, list[Entry]]] = deque()  # chunking: admitted, waiting to join
         self.decode_wakeup = asyncio.Event()
         self.unpublished: list[tuple[Entry, list[InferEvent]]] = []  # received events, clients not woken yet
+        self.retry_levels: dict[int, int] = {}  # batch id -> bisection depth, for a failed join's requests
+        self.unconfirmed_batch: int | None = None  # the batch a join that failed may have lost with it
 
     def _loops(self):
         return [("prefill_loop", self._prefill_loop), ("decode_loop", self._decode_loop)]
@@ -86,8 +89,7 @@ class AsyncScheduler(SchedulerCore):
                 continue
             # Padded shards: whole prompts in one Prefill of their own (a batch apart: it commutes with the
             # decode loop's calls), then the batch joins the decodes.
-            cached = await steps.prefill(new_batch)
-            if cached is not None:
+            for cached in await steps.prefill(new_batch):
                 kept = set(cached.request_ids)
                 self.ready.append((cached, [e for e in entries if e.id in kept]))
                 self.decode_wakeup.set()
@@ -96,7 +98,7 @@ class AsyncScheduler(SchedulerCore):
     async def _decode_loop(self) -> None:
         pipeline = self.pipeline
         while True:
-            plan = plan_decode(pipeline.view(bool(self.prefills or self.ready)), DEPTH)
+            plan = plan_decode(pipeline.view(self._joins_waiting()), DEPTH)
             self.state.tracer.decode_plan(plan, len(pipeline.calls))
             if self._send(plan):
                 continue
@@ -117,6 +119,13 @@ class AsyncScheduler(SchedulerCore):
             metrics.BATCH_CURRENT_MAX_TOKENS.set(0)
             self.decode_wakeup.clear()
             await self.decode_wakeup.wait()
+
+    def _joins_waiting(self) -> bool:
+        """Prompts wait to join, and may: after a join failed, a step on the batch first tells whether the
+        shard still holds it (else the joining prompts would fail with it)."""
+        batch = self.pipeline.batch
+        unconfirmed = batch is not None and batch.id == self.unconfirmed_batch
+        return bool(self.prefills or self.ready) and not unconfirmed
 
     def _send(self, plan: DecodePlan) -> bool:
         """Send the call `plan` asks for; False if it asks for none."""
@@ -155,6 +164,10 @@ class AsyncScheduler(SchedulerCore):
         except ShardError as exc:
             await self._call_failed(call, exc)
             return
+        if call.batch_id == self.unconfirmed_batch:
+            self.unconfirmed_batch = None  # the shard still holds it
+        if call.new_batch is not None:
+            self.retry_levels.pop(call.new_batch.id, None)
         if call.kind == "filter":
             self.steps.filtered(self._sent_batch(call), call.keep)
             if answer is not None:
@@ -164,6 +177,7 @@ class AsyncScheduler(SchedulerCore):
         self._stepped(call, answer)
 
     def _stepped(self, call: Call, result: StepResult) -> None:
+        recording_since = time.monotonic()
         self.pipeline.count(result)
         self.unpublished.extend(self.steps.record(result))
         if self.state.waiting:
@@ -176,6 +190,9 @@ class AsyncScheduler(SchedulerCore):
             for generation in result.generations:
                 self.state.release(generation.request_id)
             self.wakeup.set()
+        # NOTE: TGI's span also holds the FilterBatch call; here filters are pipelined calls of their own.
+        method = "prefill" if call.new_batch is not None else "decode"
+        metrics.BATCH_FILTER_DURATION.labels(method=method).observe(time.monotonic() - recording_since)
 
     def _sent_batch(self, call: Call) -> CachedBatch:
         ids = call.keep + tuple(r.id for r in call.rows)
@@ -200,6 +217,9 @@ class AsyncScheduler(SchedulerCore):
                     self.state.release(row.id)
             self.decode_wakeup.set()
             return
+        if call.new_batch is not None and caused_by_requests(exc):
+            await self._isolate(call, exc)
+            return
         # The shard lost the batch (TGI's shards drop a batch whose call raised): every request in it, and
         # every request a call in flight brings to it, fails; blocks are freed once no call can write them.
         logger.error("step failed: %s", exc, extra={"batch_id": call.batch_id})
@@ -210,17 +230,34 @@ class AsyncScheduler(SchedulerCore):
         for lost in (call, *pipeline.calls):
             failed.update(r.id for r in lost.rows)
             batches.update((lost.batch_id, *(b.id for b in lost.prefilled)))
+            if lost.new_batch is not None:
+                self.retry_levels.pop(lost.new_batch.id, None)
         self._publish()  # what the shard produced before goes out first
-        for request_id in failed:
-            entry = self.state.running.get(request_id)
-            if entry is not None:
-                entry.fail(error)  # at once: no client waits for the calls in flight
+        self.steps.fail(failed, error)  # at once: no client waits for the calls in flight
         while pipeline.calls:
             await pipeline.receive()
         pipeline.clear()
         await self.steps.clear(batches)  # TGI's shards pop named batches one by one: some may remain
         self.steps.fail_requests(failed, error)
         self.wakeup.set()
+
+    async def _isolate(self, call: Call, exc: ShardError) -> None:
+        """A create / join failed for a reason in the prompts it brought: they leave the batch and queue
+        again in halves (`isolation`); the running requests stay, unless the next step on their batch finds
+        it lost with the failed call (then that step fails them)."""
+        new_batch = call.new_batch
+        assert new_batch is not None
+        entries = {r.id: r.entry for r in call.rows}
+        self.pipeline.withdraw(new_batch)
+        if self.pipeline.batch is not None:
+            self.unconfirmed_batch = self.pipeline.batch.id
+        await self.steps.clear([new_batch.id])  # TGI's router does; its shards never cache a failed batch
+        retries = self.steps.plan_retries(new_batch, exc, self.retry_levels.pop(new_batch.id, 0))
+        for retry, level in reversed(retries):
+            self.retry_levels[retry.id] = level
+            self.prefills.appendleft((retry, [entries[r.id] for r in retry.requests]))
+        self.wakeup.set()
+        self.decode_wakeup.set()
 
 
 def _ids(call: Call) -> set[int]:

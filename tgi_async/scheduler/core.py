@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from tgi_async import metrics
 from tgi_async.client.shard_client import ShardError
 from tgi_async.client.sharded_client import ShardedClient
 from tgi_async.client.types import NewBatch, NewRequest, ShardInfo
@@ -26,6 +28,10 @@ from tgi_async.scheduler.state import SchedulerState
 from tgi_async.scheduler.steps import StepRunner
 
 logger = logging.getLogger(__name__)
+
+# The adapters TGI's shards load at start (the launcher hands LORA_ADAPTERS to the shard and the router): all
+# stay loaded, so all can serve a batch at once.
+LORA_ADAPTERS = tuple(a for a in os.environ.get("LORA_ADAPTERS", "").split(",") if a.strip())
 
 # TGI's liveness check: one token computed in a batch of its own, in block 0 (never allocated to requests)
 LIVENESS_ID = (1 << 64) - 1
@@ -83,6 +89,21 @@ class SchedulerCore:
         self._tasks = [
             asyncio.create_task(self._supervise(name, factory), name=name) for name, factory in self._loops()
         ]
+        metrics.REGISTRY.before_render = self._set_scraped_gauges
+
+    def _set_scraped_gauges(self) -> None:
+        """The endpoint picker's gauges (Gateway API Inference Extension), from the state as it is now."""
+        state = self.state
+        metrics.KV_CACHE_USAGE.set(state.kv_cache_usage())
+        allocator = state.allocator
+        metrics.CACHE_CONFIG_INFO.clear()  # one series: the labels are the values
+        blocks = allocator.total_blocks - 1 if allocator is not None else 0
+        metrics.CACHE_CONFIG_INFO.labels(str(state.shape.block_size), str(blocks)).set(1)
+        running, waiting = state.adapters()
+        metrics.LORA_REQUESTS_INFO.clear()
+        metrics.LORA_REQUESTS_INFO.labels(
+            str(len(LORA_ADAPTERS)), ",".join(sorted(running)), ",".join(sorted(waiting))
+        ).set(time.time())
 
     def _loops(self) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
         """(name, loop coroutine function) for each loop of the policy."""
@@ -109,6 +130,8 @@ class SchedulerCore:
             logger.error("clear_cache failed: %s", exc)
 
     async def stop(self) -> None:
+        if metrics.REGISTRY.before_render == self._set_scraped_gauges:
+            metrics.REGISTRY.before_render = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

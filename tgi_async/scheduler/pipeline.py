@@ -198,6 +198,22 @@ class Pipeline:
             self.vanished.add(batch_id)  # the calls in flight that name it will not find it: expected
         return self.clear()
 
+    def withdraw(self, new_batch: NewBatch) -> None:
+        """A call that brought `new_batch`'s prompts failed on them (before the shard took the batch it
+        joins, on TGI's shards): they leave the batch and the calls in flight, the rest stays."""
+        gone = {r.id for r in new_batch.requests}
+        for request_id in gone:
+            self.rows.pop(request_id, None)
+        for call in self.calls:
+            call.rows = tuple(r for r in call.rows if r.id not in gone)
+        batch = self.batch
+        if batch is not None:
+            keep = tuple(i for i in batch.request_ids if i not in gone)
+            max_tokens = batch.max_tokens - new_batch.max_tokens
+            self.batch = replace(batch, request_ids=keep, size=len(keep), max_tokens=max_tokens)
+            if not keep:
+                self.batch = None
+
     def clear(self) -> list[Row]:
         """The batch is gone at the shard: forget it; returns its rows."""
         rows = list(self.rows.values())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from tgi_async import metrics
 from tgi_async.client.types import NewBatch, NewRequest
@@ -24,6 +25,7 @@ class SchedulerState:
         self, shape: ShardShape, max_batch_total_tokens: int, window_size: int | None = None
     ) -> None:
         self.shape = shape
+        self.max_batch_total_tokens = max_batch_total_tokens
         self.allocator: BlockAllocator | RadixAllocator | None = None
         if shape.prefix_caching and not shape.requires_padding:
             self.allocator = RadixAllocator(max_batch_total_tokens, shape.block_size)
@@ -38,6 +40,21 @@ class SchedulerState:
     @property
     def queue_size(self) -> int:
         return len(self.waiting)
+
+    def kv_cache_usage(self) -> float:
+        """Fraction of the KV cache the running requests hold (cached prefixes nobody reads count as free:
+        they are evicted on demand); padded shards: their reserved tokens over the batch's token budget."""
+        if self.allocator is None:
+            reserved = sum(e.request.input_length + e.max_new_tokens for e in self.running.values())
+            return min(reserved / self.max_batch_total_tokens, 1.0)
+        held = {b for e in self.running.values() if e.allocation is not None for b in e.allocation.blocks}
+        return len(held) / max(self.allocator.total_blocks - 1, 1)  # block 0 is never handed out
+
+    def adapters(self) -> tuple[set[str], set[str]]:
+        """The LoRA adapters the running and the waiting requests ask for."""
+        running = {e.request.adapter_id for e in self.running.values() if e.request.adapter_id}
+        waiting = {e.request.adapter_id for e in self.waiting if e.request.adapter_id}
+        return running, waiting
 
     def append(self, request: GenerateRequest) -> Entry:
         entry = Entry(id=self._next_request_id, request=request)
@@ -104,6 +121,24 @@ class SchedulerState:
         self._next_batch_id += 1
         metrics.BATCH_NEXT_SIZE.observe(len(requests))
         return batch, entries, plan
+
+    def rebatch(self, batch: NewBatch, request_ids: Sequence[int]) -> NewBatch:
+        """`request_ids` of `batch`, with the same KV placement, in a batch of a new id (a failed Prefill's
+        requests tried again: a shard never caches a failed batch, and an id is never sent twice)."""
+        keep = set(request_ids)
+        requests = tuple(r for r in batch.requests if r.id in keep)
+        if self.shape.requires_padding or self.allocator is None:  # padded: all as long as the longest
+            prompt_tokens = len(requests) * max(r.request.input_length for r in requests)
+        else:
+            prompt_tokens = sum(r.chunk_len or r.request.input_length - r.cache_len for r in requests)
+        new_batch = NewBatch(
+            id=self._next_batch_id,
+            requests=requests,
+            max_tokens=prompt_tokens + sum(r.request.stopping.max_new_tokens for r in requests),
+            max_blocks=max(len(r.blocks) for r in requests),
+        )
+        self._next_batch_id += 1
+        return new_batch
 
     def _take(self, ids: set[int]) -> dict[int, Entry]:
         """Remove `ids` from the queue; they all lie in the prefix the policy read."""

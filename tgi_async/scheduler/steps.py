@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Literal, TypeVar
 
 import grpc
@@ -21,6 +21,7 @@ from tgi_async.client.shard_client import ShardError
 from tgi_async.client.sharded_client import ShardedClient
 from tgi_async.client.types import CachedBatch, NewBatch, StepResult
 from tgi_async.scheduler.entry import Entry
+from tgi_async.scheduler.isolation import plan_isolation
 from tgi_async.scheduler.request import InferError, InferEvent
 from tgi_async.scheduler.state import SchedulerState
 from tgi_async.telemetry.scheduler import FilterHandle, StepHandle
@@ -82,8 +83,8 @@ class StepRunner:
             metrics.BATCH_INFERENCE_FAILURE.labels(method=method).inc()
             raise
         t = result.timings
-        if t.concat_ns is not None:
-            metrics.BATCH_CONCAT_DURATION.labels(method=method).observe(t.concat_ns / 1e9)
+        if t.concat_ns is not None:  # NOTE: TGI labels it "decode" whatever the method (backend.rs)
+            metrics.BATCH_CONCAT_DURATION.labels(method="decode").observe(t.concat_ns / 1e9)
         metrics.BATCH_FORWARD_DURATION.labels(method=method).observe(t.forward_ns / 1e9)
         metrics.BATCH_DECODE_DURATION.labels(method=method).observe(t.decode_ns / 1e9)
         metrics.BATCH_INFERENCE_DURATION.labels(method=method).observe(time.monotonic() - start)
@@ -108,13 +109,12 @@ class StepRunner:
         """Account each generation to its request now; returns the events to publish to the clients later
         (the async loop queues its next shard call first)."""
         running = self.state.running
-        speculating = self.state.shape.speculate > 0
         records = []
         for generation in result.generations:
             entry = running.get(generation.request_id)
             if entry is not None:
-                if speculating:  # NOTE: TGI observes n - 1 per generation; without speculation it is always 0
-                    metrics.REQUEST_SKIPPED_TOKENS.observe(len(generation.tokens) - 1)
+                if entry.live:  # TGI observes what it sends (a flash shard keeps stepping finished rows)
+                    metrics.REQUEST_SKIPPED_TOKENS.observe(len(generation.tokens) - 1)  # 0 unless speculating
                 records.append((entry, entry.record(generation)))
         return records
 
@@ -134,14 +134,20 @@ class StepRunner:
                 metrics.REQUEST_FAILURE.labels(err="dropped").inc()
             self.state.release(request_id)
 
-    def fail_requests(self, request_ids: Iterable[int], error: InferError) -> None:
-        """A step failed: every request gets `error` (if it has not ended) and frees its KV blocks."""
+    def fail(self, request_ids: Iterable[int], error: InferError) -> None:
+        """A step failed: every request of it that has not ended gets `error` (counted as TGI counts it)."""
         self.healthy = False
         for request_id in request_ids:
             entry = self.state.running.get(request_id)
             if entry is not None and not entry.ended:
                 entry.fail(error)
                 metrics.REQUEST_FAILURE.labels(err="generation").inc()
+
+    def fail_requests(self, request_ids: Iterable[int], error: InferError) -> None:
+        """`fail` them, and free their KV blocks (no call in flight may write them any more)."""
+        request_ids = list(request_ids)
+        self.fail(request_ids, error)
+        for request_id in request_ids:
             self.state.release(request_id, kv_intact=False)
 
     async def clear(self, batch_ids: Iterable[int]) -> None:
@@ -152,36 +158,97 @@ class StepRunner:
             except ShardError as exc:
                 logger.error("clear_cache(%s) failed: %s", batch_id, exc)
 
+    # -- a failed Prefill's requests, apart ---------------------------------------------------------------
+    def plan_retries(self, batch: NewBatch, exc: ShardError, level: int) -> list[tuple[NewBatch, int]]:
+        """A Prefill of `batch` failed for a reason in its requests (`caused_by_requests`) at bisection depth
+        `level`: fail the request found to fail alone, free those whose client left, and return the batches
+        to prefill again, each with its depth (`isolation.plan_isolation`)."""
+        running = self.state.running
+        live = []
+        for request in batch.requests:
+            entry = running.get(request.id)
+            if entry is not None and entry.live:
+                live.append(request.id)
+            else:
+                self.state.release(request.id, kv_intact=False)
+        plan = plan_isolation(live, level)
+        self.state.tracer.isolating(batch.id, plan)
+        if plan.fail:
+            logger.warning("prefill of batch %s failed for its requests %s: %s", batch.id, plan.fail, exc)
+        self.fail_requests(plan.fail, generation_error(exc))
+        metrics.PREFILL_ISOLATION_RETRIES.inc(len(plan.retry))
+        return [(self.state.rebatch(batch, group), plan.level) for group in plan.retry]
+
+    async def survived(self, cached: CachedBatch, exc: ShardError) -> list[CachedBatch]:
+        """A Prefill joining `cached` failed for a reason in its new requests: TGI's shards check those
+        before they take the cached batch, unless the failure came later. FilterBatch with every request
+        (changes nothing) asks; a lost batch fails its requests with the Prefill's error."""
+        try:
+            answer = await self.start_filter(cached, cached.request_ids)
+        except ShardError as probe:
+            logger.error("batch %s was lost with the failed prefill: %s", cached.id, probe)
+            self.fail_requests(cached.request_ids, generation_error(exc))
+            await self.clear([cached.id])
+            return []
+        return [answer or cached]
+
     # -- synchronous steps (the sync policy, the async policy's padded prefills) ---------------------------
-    async def prefill(self, batch: NewBatch, cached_batch: CachedBatch | None = None) -> CachedBatch | None:
-        """Prefill `batch` (joined to `cached_batch` on chunking shards), deliver, filter."""
+    async def prefill(
+        self, batch: NewBatch, cached_batch: CachedBatch | None = None, level: int = 0
+    ) -> list[CachedBatch]:
+        """Prefill `batch` (joined to `cached_batch` on chunking shards), deliver, filter.
+
+        Returns the batches the shard holds for these requests: the one it made, or, after a failure its
+        requests caused, the cached batch if it survived and one batch per group of them that prefilled
+        apart (`isolation`); Decode merges them.
+        """
         ids = [r.id for r in batch.requests] + list(cached_batch.request_ids if cached_batch else ())
-        failed_batches = [batch.id] + ([cached_batch.id] if cached_batch else [])
-        result = await self._step(ids, failed_batches, lambda: self.start_prefill(batch, cached_batch))
-        return None if result is None else await self.filter(result.batch)
+        try:
+            result = await self.start_prefill(batch, cached_batch)
+        except ShardError as exc:
+            if not caused_by_requests(exc):
+                await self._failed(ids, [batch.id] + ([cached_batch.id] if cached_batch else []), exc)
+                return []
+            await self.clear([batch.id])  # TGI's router does; its shards never cache a failed batch
+            kept = await self.survived(cached_batch, exc) if cached_batch is not None else []
+            for retry, depth in self.plan_retries(batch, exc, level):
+                kept += await self.prefill(retry, None, depth)
+            return kept
+        filtered = await self._deliver_and_filter("prefill", ids, result)
+        return [filtered] if filtered is not None else []
 
     async def decode(self, batches: Sequence[CachedBatch]) -> CachedBatch | None:
         ids = [i for b in batches for i in b.request_ids]
-        result = await self._step(ids, [b.id for b in batches], lambda: self.start_decode(batches))
-        return None if result is None else await self.filter(result.batch)
-
-    async def _step(
-        self, request_ids: list[int], batch_ids: list[int], start: Callable[[], Awaitable[StepResult]]
-    ) -> StepResult | None:
-        """One step, executed synchronously: call, deliver, free what the shard dropped; errors fail it."""
         try:
-            result = await start()
+            result = await self.start_decode(batches)
         except ShardError as exc:
-            logger.error("step failed: %s", exc, extra={"batch_ids": batch_ids})
-            self.fail_requests(request_ids, generation_error(exc))
-            await self.clear(batch_ids)
+            await self._failed(ids, [b.id for b in batches], exc)
             return None
+        return await self._deliver_and_filter("decode", ids, result)
+
+    async def _deliver_and_filter(
+        self, method: Method, request_ids: list[int], result: StepResult
+    ) -> CachedBatch | None:
+        """Deliver a step's tokens, free what the shard dropped, filter the finished out; returns the batch
+        left at the shard."""
+        filtering_since = time.monotonic()
+        self._delivered(request_ids, result)
+        batch = await self.filter(result.batch)
+        # TGI's span: from the answer through sending the tokens and FilterBatch
+        metrics.BATCH_FILTER_DURATION.labels(method=method).observe(time.monotonic() - filtering_since)
+        return batch
+
+    async def _failed(self, request_ids: list[int], batch_ids: list[int], exc: ShardError) -> None:
+        logger.error("step failed: %s", exc, extra={"batch_ids": batch_ids})
+        self.fail_requests(request_ids, generation_error(exc))
+        await self.clear(batch_ids)
+
+    def _delivered(self, request_ids: list[int], result: StepResult) -> None:
         self.deliver(result)
         kept = set(result.batch.request_ids) if result.batch is not None else set()
         for request_id in request_ids:  # the shard dropped a wholly finished batch
             if request_id not in kept:
                 self.state.release(request_id)
-        return result
 
     async def filter(self, batch: CachedBatch | None) -> CachedBatch | None:
         """Remove finished and abandoned requests from `batch` at the shards and free their blocks.
@@ -194,7 +261,6 @@ class StepRunner:
         keep = [i for i in batch.request_ids if (e := running.get(i)) is not None and e.live]
         if len(keep) == len(batch.request_ids):
             return batch
-        start = time.monotonic()
         try:
             answer = await self.start_filter(batch, keep)
         except ShardError as exc:
@@ -203,7 +269,6 @@ class StepRunner:
             await self.clear([batch.id])
             return None
         self.filtered(batch, keep)
-        metrics.BATCH_FILTER_DURATION.labels(method="decode").observe(time.monotonic() - start)
         return answer
 
 
@@ -221,6 +286,20 @@ def generation_error(exc: ShardError) -> InferError:
     return InferError(f"Server error: {message}", "generation")
 
 
+def caused_by_requests(exc: ShardError) -> bool:
+    """Whether a failed Prefill may owe its failure to a request it carried: the shard answered with an error
+    of its own and lives on (not UNAVAILABLE, not a deadline), about something other than a batch it lacks."""
+    return exc.code in _REQUEST_CODES and not exc.not_found
+
+
+_REQUEST_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 # Statuses a shard sets itself with its own message (TGI's shards: INTERNAL with the exception's text).
 _SHARD_MESSAGE_CODES = frozenset(
     {

@@ -36,18 +36,22 @@ class SyncScheduler(SchedulerCore):
             ):
                 served = True
                 new_batch, _, _ = admitted
-                cached = await steps.prefill(new_batch)
+                # NOTE: one batch, as TGI's; several only after a failed Prefill whose requests prefilled
+                # apart (scheduler/isolation.py): the next Decode merges them.
+                batches = await steps.prefill(new_batch)
                 waiting_tokens = 1
-                while cached is not None:
-                    batches = [cached]
-                    metrics.BATCH_CURRENT_SIZE.set(cached.size)
-                    metrics.BATCH_CURRENT_MAX_TOKENS.set(cached.max_tokens)
-                    token_budget = max(config.max_batch_total_tokens - cached.max_tokens, 0)
+                while batches:
+                    size = sum(b.size for b in batches)
+                    max_tokens = sum(b.max_tokens for b in batches)
+                    metrics.BATCH_CURRENT_SIZE.set(size)
+                    metrics.BATCH_CURRENT_MAX_TOKENS.set(max_tokens)
+                    token_budget = max(config.max_batch_total_tokens - max_tokens, 0)
                     # NOTE: TGI's rules, plus a cap on the batch (max_rows: no forward larger than Warmup's)
-                    max_size = max(self.max_rows - cached.size, 0)
+                    max_size = max(self.max_rows - size, 0)
                     if chunking:
+                        current_tokens = sum(b.current_tokens for b in batches)
                         budget = Budget(
-                            prefill_tokens=max(config.max_batch_prefill_tokens - cached.current_tokens, 0),
+                            prefill_tokens=max(config.max_batch_prefill_tokens - current_tokens, 0),
                             total_tokens=token_budget,
                             max_size=max_size,
                         )
@@ -55,7 +59,7 @@ class SyncScheduler(SchedulerCore):
                         min_size = (
                             None
                             if waiting_tokens >= config.max_waiting_tokens
-                            else math.floor(cached.size * config.waiting_served_ratio)
+                            else math.floor(size * config.waiting_served_ratio)
                         )
                         budget = Budget(config.max_batch_prefill_tokens, token_budget, min_size, max_size)
                     joined = state.admit(budget) if state.waiting else None
@@ -68,16 +72,14 @@ class SyncScheduler(SchedulerCore):
                         )
                         metrics.BATCH_CONCAT.labels(reason=reason).inc()
                         if chunking:
-                            merged = await steps.prefill(new_batch, cached_batch=batches.pop())
-                            if merged is None:
+                            batches = await steps.prefill(new_batch, cached_batch=batches[0]) + batches[1:]
+                            if not batches:
                                 break
-                            batches = [merged]
                         else:
-                            new_cached = await steps.prefill(new_batch)
-                            if new_cached is not None:
-                                batches.append(new_cached)
+                            batches += await steps.prefill(new_batch)
                         waiting_tokens = 1
                     cached = await steps.decode(batches)
+                    batches = [cached] if cached is not None else []
                     waiting_tokens += 1
                 metrics.BATCH_CURRENT_SIZE.set(0)
                 metrics.BATCH_CURRENT_MAX_TOKENS.set(0)

@@ -34,6 +34,7 @@ class Limits:
 
     num_slots: int  # slots in the KV cache (valid slots are 0..num_slots-1)
     eos_token_ids: frozenset[int]
+    special_ids: frozenset[int]  # the tokens TGI flags special (kept out of the generated text)
     device: torch.device
 
 
@@ -221,5 +222,5 @@ def _request_state(request: pb.Request, tokenizer, limits: Limits, first_block: 
         prefill_logprobs=request.prefill_logprobs,
         top_n_tokens=request.top_n_tokens,
         stopping=stopping,
-        detokenizer=IncrementalDetokenizer(tokenizer, ids),
+        detokenizer=IncrementalDetokenizer(tokenizer, ids, limits.special_ids),
     )

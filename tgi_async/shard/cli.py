@@ -92,6 +92,13 @@ def add_parser(subparsers) -> None:
     )
     simulate.add_argument("--fault-rate", type=float, default=0.0, help="chance each step call fails")
     simulate.add_argument(
+        "--refuse-prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="test only: a Prefill with a prompt holding TEXT fails (INTERNAL), as TGI's on a bad request",
+    )
+    simulate.add_argument(
         "--request-logprobs", action="store_true", help="flash: TGI's REQUEST_LOGPROBS=1 (prompt logprobs)"
     )
     serve.set_defaults(func=run)
@@ -166,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     from tgi_async.logs import setup_logging
     from tgi_async.memory import freeze_startup_objects
 
-    setup_logging(json_output=args.json_output, level=args.logger_level)
+    setup_logging(json_output=args.json_output, level=args.logger_level, style="shard")
     if args.simulate is not None:
         return run_simulated(args)
     try:

@@ -18,7 +18,7 @@ from tgi_async.proto import pb
 from tgi_async.shard import attention
 from tgi_async.shard.batch import Limits, RequestState, ShardBatch
 from tgi_async.shard.decode_context import DecodeContext
-from tgi_async.shard.detokenize import token_texts
+from tgi_async.shard.detokenize import special_token_ids, token_texts
 from tgi_async.shard.generations import (
     generated_text_message,
     generation_message,
@@ -111,7 +111,7 @@ class Engine:
         if config.num_threads is None and self.device.type == "cpu" and small:
             torch.set_num_threads(1)
         self.eos_token_ids = _eos_token_ids(self.tokenizer, GenerationConfig, config.model_id, common)
-        self.special_ids = frozenset(self.tokenizer.all_special_ids)
+        self.special_ids = special_token_ids(self.tokenizer)
         text_config = self.model.config.get_text_config()
         if getattr(text_config, "attn_logit_softcapping", None):
             raise UnsupportedModelError(
@@ -148,7 +148,7 @@ class Engine:
         """What new batches are validated against; None until the cache exists (CUDA: after Warmup)."""
         if self.cache is None:
             return None
-        return Limits(self.cache.num_slots, self.eos_token_ids, self.device)
+        return Limits(self.cache.num_slots, self.eos_token_ids, self.special_ids, self.device)
 
     # -- cache sizing ------------------------------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class Engine:
     def warmup(self, request: pb.WarmupRequest) -> pb.WarmupResponse:
         """Size the cache, run warmup's batch for real (its largest prefill), report the token limits."""
         self.max_prefill_tokens = request.max_prefill_tokens or None
-        unbounded = Limits(1 << 62, self.eos_token_ids, self.device)
+        unbounded = Limits(1 << 62, self.eos_token_ids, self.special_ids, self.device)
         batch = ShardBatch.from_pb(request.batch, self.tokenizer, unbounded, place=True)
         needed = sum(r.num_blocks for r in batch.requests)
         if self.device.type == "cpu":
@@ -333,9 +333,11 @@ class Engine:
         generated = None
         if stop:
             r.finished, r.chunk_len = True, 0
+            text += r.detokenizer.finish()  # no bytes left pending: the stream holds the whole text
             seed = batch.sampler.seeds[row] if batch.sampler.do_sample[row] else None
-            output = r.detokenizer.generated_text(skip_special_tokens=True)
-            generated = generated_text_message(output, r.stopping.current_tokens, reason, seed)
+            generated = generated_text_message(
+                r.detokenizer.generated_text(), r.stopping.current_tokens, reason, seed
+            )
         else:
             r.chunk_len = 1
         token = tokens_message([token_id], [logprob], [text], self.special_ids)

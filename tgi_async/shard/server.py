@@ -100,7 +100,9 @@ class ShardService:
         except Exception as exc:
             logger.exception("%s failed", name)
             code, message = grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
-        logger.warning("%s: %s", name, message, extra={"code": code.name})
+        # NOTE: NOT_FOUND is expected (the router asks about a batch the shard already dropped): no warning
+        level = logging.DEBUG if code == grpc.StatusCode.NOT_FOUND else logging.WARNING
+        logger.log(level, "%s: %s", name, message, extra={"code": code.name})
         await context.abort(code, message)
 
     def _clear_cache(self, request: pb.ClearCacheRequest) -> pb.ClearCacheResponse:

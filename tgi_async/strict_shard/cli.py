@@ -33,6 +33,7 @@ def build(args: argparse.Namespace) -> tuple[StrictShard, SerialExecutor]:
     faults = dict(parse_fault(spec) for spec in args.fault)
     shard = strict_shard(args.model_id, profile, seed=args.seed, eos_rate=args.eos_rate)
     shard.request_logprobs = args.request_logprobs
+    shard.refuse_prompts = tuple(args.refuse_prompt)
     executor = SerialExecutor(
         time_scale=args.time_scale,
         reorder=None if args.reorder_seed is None else random.Random(args.reorder_seed),

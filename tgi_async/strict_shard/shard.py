@@ -49,6 +49,10 @@ class StrictShard:
     # requests that left the shard, by how many forwards computed them after they stopped
     after_stop: Counter[int] = field(default_factory=Counter)
     received: deque[pb.Request] = field(default_factory=lambda: deque(maxlen=1024))  # Prefills' requests
+    # TEST ONLY: a Prefill holding a request whose prompt contains one of these fails as TGI's does on a
+    # request its from_pb cannot build (a grammar that does not compile, tokenizers not aligned): ValueError,
+    # INTERNAL, before any cached batch is taken; nothing is cached and the shard goes on.
+    refuse_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.ledger = KvLedger(self.profile.block_size)
@@ -190,6 +194,9 @@ class StrictShard:
                     "Request without a text chunk" if none else "Request contained more than one text chunk"
                 )
                 raise NotImplementedError(message) from None
+            refused = [marker for marker in self.refuse_prompts if marker in text]
+            if refused and not warmup:
+                raise ValueError(f"request {m.id} cannot be built: its prompt holds {refused[0]!r}")
             prompt = self.tokenize(text, m.truncate, m.add_special_tokens)
             requests.append(self._request(m, text, prompt, next_block if warmup else None))
             if warmup:

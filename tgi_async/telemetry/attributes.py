@@ -2,7 +2,7 @@
 
 Span names follow TGI's where TGI has the span (route spans, `validate`, `queued`, `infer`, `batch`,
 `prefill`, `decode`, `filter_batch`, the shard's `/generate.v3.TextGenerationService/<Method>`); the
-scheduler's own decisions add `admit` and the events `defer`, `chunk`, `merge`, `reject`, `drain`.
+scheduler's own decisions add `admit` and the events `defer`, `chunk`, `merge`, `reject`, `drain`, `isolate`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ EVENT_MERGE = "merge"
 EVENT_REJECT = "reject"
 EVENT_DRAIN = "drain"
 EVENT_FIRST_TOKEN = "first_token"
+EVENT_ISOLATE = "isolate"  # a failed Prefill's requests tried again apart, or the one found failing alone
 
 # -- attributes --------------------------------------------------------------------------------------------
 NS = "tgi_async."
@@ -37,6 +38,11 @@ REQUEST_FINISH_REASON = NS + "request.finish_reason"
 REQUEST_OUTCOME = NS + "request.outcome"  # finished | failed | cancelled | dropped
 REQUEST_BATCH_ID = NS + "request.batch_id"  # the batch it was admitted in
 REQUEST_CACHED_TOKENS = NS + "request.cached_tokens"  # prompt tokens a cached prefix held (not computed)
+
+# isolation of a failed Prefill's requests (`isolate` event on each request's infer span)
+ISOLATE_ACTION = NS + "isolate.action"  # retry (prefilled again in a smaller batch) | fail (it failed alone)
+ISOLATE_LEVEL = NS + "isolate.level"  # bisection depth of the retry (1: halves of the batch that failed)
+ISOLATE_FAILED_BATCH_ID = NS + "isolate.failed_batch_id"  # the batch whose Prefill failed
 QUEUE_SIZE = NS + "queue.size"  # requests waiting, after this decision
 
 # admission (admit span) and deferral (defer events on the waiting request's queued span)

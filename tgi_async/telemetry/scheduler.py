@@ -11,6 +11,7 @@ Hook points (one line each):
   StepRunner.start_*  -> step(method, new, cached) / filtering(batch, keep=): what the call carries; the RPC
                          starts inside `.context()`; then .done(...) or .failed(exc)
   async decode loop   -> decode_plan(plan, in_flight)
+  a failed Prefill    -> isolating(batch_id, plan)               its requests retried apart, or failed alone
 
 The hooks observe: the scheduler starts every call and task itself.
 """
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from tgi_async.scheduler.admission import AdmissionPlan, Budget
     from tgi_async.scheduler.decode_plan import DecodePlan
     from tgi_async.scheduler.entry import Entry
+    from tgi_async.scheduler.isolation import IsolationPlan
 
 
 class CallHandle:
@@ -80,6 +82,9 @@ class SchedulerTracer:
 
     def decode_plan(self, plan: DecodePlan, in_flight: int) -> None:
         """The async decode loop planned `plan` with `in_flight` calls unanswered."""
+
+    def isolating(self, batch_id: int, plan: IsolationPlan) -> None:
+        """The Prefill of `batch_id` failed for a reason in its requests: `plan` retries or fails them."""
 
     def filtering(
         self,

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from tgi_async.scheduler.admission import AdmissionPlan, Budget
     from tgi_async.scheduler.decode_plan import DecodePlan
     from tgi_async.scheduler.entry import Entry
+    from tgi_async.scheduler.isolation import IsolationPlan
     from tgi_async.scheduler.state import SchedulerState
 
 MAX_PENDING_BATCHES = 64  # admitted batches whose prefill has not started yet (normally 0 or 1)
@@ -239,6 +240,22 @@ class ActiveSchedulerTracer(SchedulerTracer):
             self.lineages.pop(batch_id, None)
         if step.batch_span is not None and result is not None and result.batch is not None:
             self.lineages[result.batch.id] = step.batch_span.get_span_context()
+
+    @guarded()
+    def isolating(self, batch_id: int, plan: IsolationPlan) -> None:
+        """An event on each request's infer span: its group's retry, or that it failed alone."""
+        now = time.time_ns()
+        groups = [(group, "retry") for group in plan.retry] + [(plan.fail, "fail")]
+        for group, action in groups:
+            for request_id in group:
+                trace_ = self.requests.get(request_id)
+                if trace_ is not None and trace_.infer is not None:
+                    attributes = {
+                        a.ISOLATE_ACTION: action,
+                        a.ISOLATE_LEVEL: plan.level,
+                        a.ISOLATE_FAILED_BATCH_ID: batch_id,
+                    }
+                    trace_.infer.add_event(a.EVENT_ISOLATE, attributes, timestamp=now)
 
     # -- filtering ---------------------------------------------------------------------------------------
     @guarded()

@@ -1,8 +1,6 @@
-"""POST /, /generate, /generate_stream, /vertex: TGI's native generation routes."""
+"""POST /, /generate, /generate_stream, /invocations: TGI's native generation routes (/vertex: vertex.py)."""
 
 from __future__ import annotations
-
-import asyncio
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -10,7 +8,7 @@ from starlette.responses import Response
 
 from tgi_async.api import protocol as p
 from tgi_async.api.body import read_json
-from tgi_async.api.errors import JSON_HEADERS, error_response
+from tgi_async.api.errors import error_response
 from tgi_async.api.generation import generate_response, stream_responses
 from tgi_async.api.routes.common import json_response, serving, sse_bytes, until_disconnect
 from tgi_async.api.sse import SSEResponse
@@ -94,51 +92,3 @@ async def compat_generate(request: Request) -> Response:
 async def invocations(request: Request) -> Response:
     # NOTE: routes.invocations.InvocationsDispatch sends chat/completion bodies elsewhere before this runs
     return await compat_generate(request)
-
-
-class VertexInstance(p._Strict):
-    inputs: str
-    parameters: p.GenerateParameters | None = None
-
-
-class VertexRequest(p._Strict):
-    instances: list[VertexInstance]
-
-
-class VertexResponse(p.BaseModel):
-    predictions: list[str]
-
-
-def _vertex_error(status: int, message: str) -> Response:
-    body = p.ErrorResponse(error=message, error_type=message)
-    return Response(p.to_json(body), status_code=status, headers=JSON_HEADERS)
-
-
-@router.post(
-    "/vertex",
-    tags=[TAG],
-    summary="Generate tokens from Vertex request",
-    responses={200: {"model": VertexResponse, "description": "Generated Text"}},
-    openapi_extra=_body(VertexRequest),
-)
-async def vertex(request: Request) -> Response:
-    body = await read_json(request, VertexRequest)
-    if not body.instances:
-        return _vertex_error(422, "Input validation error")
-    requests = []
-    for instance in body.instances:
-        given = instance.parameters or p.GenerateParameters()
-        parameters = p.GenerateParameters(
-            do_sample=True,
-            max_new_tokens=given.max_new_tokens,
-            seed=given.seed,
-            details=True,
-            decoder_input_details=True,
-        )
-        requests.append(p.GenerateRequest(inputs=instance.inputs, parameters=parameters))
-    results = await asyncio.gather(
-        *(generate_response(serving(request), r) for r in requests), return_exceptions=True
-    )
-    if any(isinstance(r, BaseException) for r in results):
-        return _vertex_error(500, "Incomplete generation")
-    return json_response(VertexResponse(predictions=[r.response.generated_text for r in results]))

@@ -24,7 +24,7 @@ from tgi_async.api.body import read_json
 from tgi_async.api.chat_template import ChatTemplate, ChatTemplateError, TemplateNotFound
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import JSON_HEADERS, error_message
-from tgi_async.api.generation import GenerateResult, generate_response, stream_responses
+from tgi_async.api.generation import GenerateResult, generate_all, generate_response, stream_responses
 from tgi_async.api.openai_protocol import (
     DEFAULT_TOOL_PROMPT,
     ApiError,
@@ -146,10 +146,10 @@ async def chat_completions(request: Request) -> Response:
     fingerprint = system_fingerprint(config)
     logprobs = bool(chat.logprobs)
     if chat.stream:
-        headers, items = stream_responses(serving, generate)
+        headers, items = stream_responses(serving, generate, "chat_completions")
         events = _chat_events(items, model, fingerprint, logprobs, chat.stream_options.include_usage)
         return SSEResponse(events, headers)
-    result = await until_disconnect(request, generate_response(serving, generate))
+    result = await until_disconnect(request, generate_response(serving, generate, "chat_completions"))
     if isinstance(result, Response):
         return result
     details = result.response.details
@@ -241,7 +241,7 @@ async def completions(request: Request) -> Response:
     requests = [p.GenerateRequest(inputs=prompt, parameters=parameters) for prompt in completion.prompt]
     fingerprint = system_fingerprint(config)
     if completion.stream:
-        streams = [stream_responses(serving, generate) for generate in requests]
+        streams = [stream_responses(serving, generate, "completions") for generate in requests]
         headers = {
             "x-compute-type": streams[0][0]["x-compute-type"],
             "x-compute-characters": str(sum(int(h["x-compute-characters"]) for h, _ in streams)),
@@ -249,7 +249,7 @@ async def completions(request: Request) -> Response:
         }
         events = _completion_events([items for _, items in streams], config.model_id, fingerprint)
         return SSEResponse(events, headers)
-    results = await until_disconnect(request, _generate_all(serving, requests))
+    results = await until_disconnect(request, generate_all(serving, requests, "completions"))
     if isinstance(results, Response):
         return results
     choices = []
@@ -270,23 +270,6 @@ async def completions(request: Request) -> Response:
         usage=Usage.of(prompt_tokens, generated),
     )
     return _json(body, _summed_headers(config, results))
-
-
-async def _generate_all(serving: Serving, requests: list[p.GenerateRequest]) -> list[GenerateResult]:
-    """All requests at once; the first error cancels the others and is raised (TGI's `try_collect`)."""
-    if len(requests) == 1:
-        return [await generate_response(serving, requests[0])]
-    tasks = [asyncio.ensure_future(generate_response(serving, r)) for r in requests]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in tasks:
-            if task.done() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-        return [task.result() for task in tasks]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _SUMMED_HEADERS = (
