@@ -97,6 +97,7 @@ bench: install tiny-model
 	$(BIN)/python -m benchmarks.shard_step
 	$(BIN)/python -m benchmarks.router_cpu
 	$(BIN)/python -m benchmarks.schedulers
+	$(BIN)/python -m benchmarks.large_inputs
 
 clean:
 	rm -rf $(VENV) .venv-* $(CACHE_DIR) .pytest_cache .ruff_cache

@@ -1,6 +1,7 @@
 """The largest gap between streamed tokens while 1 MB requests arrive on every route, before and after.
 
     python -m benchmarks.large_inputs [--baseline main] [--streams 16] [--size 1000000]
+    python -m benchmarks.large_inputs --rss /tokenize      # RSS only: 5 large requests per route, 2 s idle
 
 Two routers in turn, each on its own bundled shard: the code of `--baseline` (a git ref, unpacked with
 `git archive` into a temporary directory and run with PYTHONPATH pointing there), then this checkout.
@@ -184,6 +185,17 @@ def stack(model: Path, code: Path | None) -> Iterator[tuple[int, str]]:
             yield child.popen.pid, url
 
 
+def measure_rss(url: str, pid: int, routes: list[str], size: int) -> str:
+    """Five large requests per route, then 2 s idle: the RSS (router, workers) at start and at the end."""
+    start = rss_mb(pid)
+    for path in routes:
+        for _ in range(5):
+            send_large(url, path, size)
+    time.sleep(2.0)
+    end = rss_mb(pid)
+    return f"{start[0]:.0f} (+{start[1]:.0f}) -> {end[0]:.0f} (+{end[1]:.0f})"
+
+
 async def run(args: argparse.Namespace) -> None:
     pin_this_process()
     model = tiny_model_dir()
@@ -192,7 +204,11 @@ async def run(args: argparse.Namespace) -> None:
         runs = [(f"before ({args.baseline})", baseline), ("after", None)]
         for name, code in runs[1:] if args.after_only else runs:
             with stack(model, code) as (pid, url):
-                report(name, await measure(url, pid, args, sender))
+                if args.rss:
+                    rss = measure_rss(url, pid, args.rss, args.size)
+                    print(f"| {name} | {' '.join(args.rss)} x5 | {rss} |")
+                else:
+                    report(name, await measure(url, pid, args, sender))
 
 
 def main() -> None:
@@ -200,6 +216,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="main", help="git ref of the code to compare with")
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--size", type=int, default=1_000_000, help="characters per large request")
+    parser.add_argument("--rss", nargs="+", metavar="ROUTE", help="only RSS around 5 requests per ROUTE")
     parser.add_argument("--after-only", action="store_true", help="skip the baseline")
     parser.add_argument("--quiet", type=float, default=3.0, help="seconds of streams alone")
     asyncio.run(run(parser.parse_args()))

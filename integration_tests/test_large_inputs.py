@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from integration_tests.conftest import launch
+from tgi_async.launcher.processes import ChildProcess
 
 MAX_GAP_S = 1.0
 SIZE = 1_000_000
@@ -24,10 +25,34 @@ TEXT = ("The quick brown fox jumps over the lazy dog. " * (SIZE // 45 + 1))[:SIZ
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_model_dir: Path) -> Iterator[str]:
+def launched_stack(tiny_model_dir: Path) -> Iterator[tuple[ChildProcess, str]]:
     child, url = launch(tiny_model_dir, "--shard", "bundled")
-    yield url
+    yield child, url
     assert child.stop(timeout=30) == 0, child.log_tail()
+
+
+@pytest.fixture(scope="module")
+def stack(launched_stack: tuple[ChildProcess, str]) -> str:
+    return launched_stack[1]
+
+
+def descendants(pid: int) -> Iterator[int]:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            yield int(child)
+            yield from descendants(int(child))
+
+
+def router_rss_mb(launcher: ChildProcess) -> float:
+    """Resident MB of the launcher's router process (not its tokenizer workers)."""
+    for pid in descendants(launcher.popen.pid):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"router" in argv:
+            status = Path(f"/proc/{pid}/status").read_text()
+            return (
+                int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+            )
+    raise AssertionError("no router process under the launcher")
 
 
 async def token_times(client: httpx.AsyncClient, stop: asyncio.Event) -> list[list[float]]:
@@ -82,3 +107,16 @@ async def test_streams_keep_going_while_1mb_requests_arrive(stack: str, tiny_mod
         f"Given: {len(ids)} `inputs` tokens and 1 `max_new_tokens`",
         "error_type": "validation",
     }
+
+
+async def test_router_memory_returns_after_1mb_requests(launched_stack: tuple[ChildProcess, str]) -> None:
+    """Five 1 MB /tokenize (32 MB answers each) leave the router's RSS where it was (before: +80-135 MB)."""
+    launcher, url = launched_stack
+    before = router_rss_mb(launcher)
+    for _ in range(5):
+        *_, response = await asyncio.to_thread(post_large, url, "/tokenize", {"inputs": TEXT})
+        assert response.status_code == 200
+        del response
+    await asyncio.sleep(2.0)
+    grown = router_rss_mb(launcher) - before
+    assert grown < 40, f"the router kept {grown:.0f} MB"

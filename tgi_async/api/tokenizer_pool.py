@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from tgi_async.api.chat_template import ChatTemplate, TemplateKey
 from tgi_async.api.openai_protocol import Message, Tool
-from tgi_async.memory import release_freed_memory
+from tgi_async.memory import map_large_allocations, release_freed_memory
 from tgi_async.scheduler.request import InferError
 
 T = TypeVar("T")
@@ -115,6 +115,7 @@ def _start_worker(tokenizer_json: str) -> None:
 
     global _worker_tokenizer
     os.nice(WORKER_NICENESS)
+    map_large_allocations()
     _worker_tokenizer = Tokenizer.from_str(tokenizer_json)
 
 
