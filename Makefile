@@ -98,6 +98,7 @@ bench: install tiny-model
 	$(BIN)/python -m benchmarks.router_cpu
 	$(BIN)/python -m benchmarks.schedulers
 	$(BIN)/python -m benchmarks.large_inputs
+	$(BIN)/python -m benchmarks.shard_overlap
 
 clean:
 	rm -rf $(VENV) .venv-* $(CACHE_DIR) .pytest_cache .ruff_cache

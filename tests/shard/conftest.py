@@ -36,10 +36,11 @@ def start_bundled_shard(model_dir: Path, *extra: str, env: dict[str, str] | None
     return child, f"{uds}-0"
 
 
-@pytest.fixture(scope="session")
-def bundled_shard(tiny_model_dir: Path) -> Iterator[str]:
-    """A bundled shard for the shard tests only (they warm it up and clear its cache)."""
-    child, socket_path = start_bundled_shard(tiny_model_dir)
+@pytest.fixture(scope="session", params=["--overlap", "--no-overlap"], ids=["overlap", "no-overlap"])
+def bundled_shard(tiny_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A bundled shard for the shard tests only (they warm it up and clear its cache); every test runs
+    against the overlapped pipeline and against one forward at a time."""
+    child, socket_path = start_bundled_shard(tiny_model_dir, request.param)
     yield socket_path
     child.stop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tgi_async.telemetry import attributes as a
-from tgi_async.telemetry.otlp_json import SpanRecord
+from tgi_async.telemetry.otlp_json import SpanEvent, SpanRecord
 
 SERVER, CLIENT = 2, 3
 SHARD_PREFIX = "/generate.v3.TextGenerationService/"
@@ -33,6 +33,17 @@ class Spans:
 
     def links_to(self, span: SpanRecord, target: SpanRecord) -> bool:
         return any(link.span_id == target.span_id and link.trace_id == target.trace_id for link in span.links)
+
+    def fate(self, infer: SpanRecord) -> list[SpanEvent]:
+        """`infer`'s events that stand for its links (admitted, merged, finished, filtered); one per link."""
+        events = [e for e in infer.events if a.LINKED_SPAN_ID in e.attributes]
+        linked = sorted((e.attributes[a.LINKED_TRACE_ID], e.attributes[a.LINKED_SPAN_ID]) for e in events)
+        assert linked == sorted((link.trace_id, link.span_id) for link in infer.links)
+        return events
+
+    def linked_by(self, event: SpanEvent) -> SpanRecord | None:
+        span = self.by_id.get(event.attributes[a.LINKED_SPAN_ID])
+        return span if span is not None and span.trace_id == event.attributes[a.LINKED_TRACE_ID] else None
 
     def infer_of(self, trace_id: str) -> SpanRecord | None:
         found = self.named(a.SPAN_INFER, trace_id)

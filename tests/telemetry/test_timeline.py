@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -98,14 +101,14 @@ def spans() -> list[SpanRecord]:
 def test_lanes_ticks_and_the_stall(spans):
     timeline = build_timeline(spans)
     (shard,) = timeline.shard_lanes
-    kinds = [s.kind for s in shard.segments if s.kind != "wait"]
+    kinds = [s.kind for s in shard.segments]
     assert kinds == ["prefill", "decode", "decode", "decode", "prefill", "decode", "decode", "decode"]
     first, second = timeline.request_lanes
     assert [s.kind for s in first.segments][:3] == ["queued", "prefilling", "decoding"]
     assert [t / MS for t in first.ticks] == [3, 5, 7, 9, 17, 19, 21]
     assert [t / MS for t in second.ticks] == [15, 17, 19, 21]
     (stall,) = timeline.stalls
-    assert (stall.request, stall.start_ns / MS, stall.end_ns / MS) == ("request 0", 9, 17)
+    assert (stall.requests, stall.start_ns / MS, stall.end_ns / MS) == (("request 0",), 9, 17)
     assert "Prefill step 4" in stall.busy_with and "300 prompt" in stall.busy_with
     assert any(s.kind == "stall" for s in first.segments)
     assert (timeline.start_ns, timeline.end_ns) == (0, 21 * MS)
@@ -127,6 +130,57 @@ def test_render(spans, tmp_path, suffix):
     else:
         text = data.decode()
         assert "<svg" in text and "request 1" in text and "stalled 8.0 ms" in text
+
+
+def test_png_needs_only_the_main_dependencies(spans, tmp_path):
+    """`timeline -o x.png` on a default install: matplotlib is in [project] dependencies, not an extra."""
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    project = pyproject.split("[project]\n", 1)[1].split("\n[", 1)[0]
+    main_deps = re.search(r"^dependencies = \[(.*?)^\]", project, re.S | re.M).group(1)
+    assert re.search(r'^ *"matplotlib==[\d.]+"', main_deps, re.M)  # pinned, not in an extra
+    out = tmp_path / "x.png"
+    assert main(["timeline", str(_write_trace(spans, tmp_path)), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_trace(spans, tmp_path) -> Path:
+    """`spans` as an OTLP JSON lines file (one line, one resource per service)."""
+    resources = {}
+    for s in spans:
+        resource = resources.setdefault(
+            s.service,
+            {
+                "resource": {
+                    "attributes": [_kv("service.name", s.service), _kv("service.instance.id", s.instance)]
+                },
+                "scopeSpans": [{"spans": []}],
+            },
+        )
+        resource["scopeSpans"][0]["spans"].append(
+            {
+                "traceId": s.trace_id,
+                "spanId": s.span_id,
+                "parentSpanId": s.parent_span_id,
+                "name": s.name,
+                "kind": s.kind,
+                "startTimeUnixNano": str(s.start_ns),
+                "endTimeUnixNano": str(s.end_ns),
+                "attributes": [_kv(k, v) for k, v in s.attributes.items()],
+                "events": [
+                    {"name": e.name, "timeUnixNano": str(e.time_ns), "attributes": []} for e in s.events
+                ],
+            }
+        )
+    path = tmp_path / "trace.jsonl"
+    path.write_text(json.dumps({"resourceSpans": list(resources.values())}) + "\n")
+    return path
+
+
+def _kv(key, value):
+    if isinstance(value, tuple):
+        return {"key": key, "value": {"arrayValue": {"values": [{"intValue": str(v)} for v in value]}}}
+    kind = "stringValue" if isinstance(value, str) else "intValue"
+    return {"key": key, "value": {kind: value if isinstance(value, str) else str(value)}}
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_one_request_makes_one_trace_with_linked_steps_and_shard_spans(traced_as
     assert infer.attributes[a.REQUEST_OUTCOME] == "finished"
     assert infer.attributes[a.REQUEST_FINISH_REASON] == "length"
     assert infer.attributes[a.REQUEST_GENERATED_TOKENS] == 6
-    assert [e.name for e in infer.events] == [a.EVENT_FIRST_TOKEN]
+    assert [e.name for e in infer.events] == [a.EVENT_ADMITTED, a.EVENT_FIRST_TOKEN, a.EVENT_FINISHED]
     assert {s.trace_id for s in spans.all if s.parent_span_id == route.span_id} == {trace_id}
 
     # step spans: their own traces, linked both ways with the request
@@ -87,6 +87,14 @@ def test_one_request_makes_one_trace_with_linked_steps_and_shard_spans(traced_as
     assert prefill.attributes[a.STEP_PREFILL_TOKENS] == queued.attributes[a.REQUEST_INPUT_TOKENS]
     assert prefill.attributes[a.BATCH_REQUEST_IDS] == (request_id,)
     assert prefill.attributes[a.TGI_BATCH_SIZE] == 1
+
+    # the same, inside the request's own trace, for backends that drop links (Phoenix): one event per link,
+    # carrying the decision and the linked span's ids
+    admitted, finished = spans.fate(infer)
+    assert (admitted.name, finished.name) == (a.EVENT_ADMITTED, a.EVENT_FINISHED)
+    assert spans.linked_by(admitted) is prefill and spans.linked_by(finished) is last
+    assert {k: admitted.attributes[k] for k in admit.attributes} == admit.attributes
+    assert finished.attributes[a.STEP_SEQ] == last.attributes[a.STEP_SEQ]
 
     # the shard's server spans sit under the router's call spans, in the step's trace
     for step, rpc in ((prefill, "Prefill"), (last, "Decode")):
@@ -171,6 +179,12 @@ def test_decisions_defer_chunk_merge_and_filter(traced_async: TracedStack):
     joined = [m for m in merges if spans.links_to(m, last_short) and spans.links_to(last_short, m)]
     assert joined, "the deferred request's merge step is not linked with it"
     merge_event = next(e for e in joined[0].events if e.name == a.EVENT_MERGE)
+    # ...and in its own trace: `admitted` when it was prefilled into the running batch, else `merged`
+    (event,) = [e for e in spans.fate(last_short) if spans.linked_by(e) is joined[0]]
+    if event.name == a.EVENT_MERGED:
+        assert event.attributes[a.MERGE_BATCH_IDS] == merge_event.attributes[a.MERGE_BATCH_IDS]
+    else:
+        assert event.name == a.EVENT_ADMITTED and joined[0].name == a.SPAN_BATCH
     assert len(merge_event.attributes[a.MERGE_BATCH_IDS]) >= 2
     assert spans.shard_call(joined[0]).attributes.get(a.SHARD_CONCAT_NS, 0) > 0
 
@@ -243,6 +257,11 @@ def test_overloaded_request_records_reject_and_disconnects_are_filtered(traced_a
     filters = spans.filters(cancelled[0].instance)
     disconnected = {i for f in filters for i in f.attributes[a.FILTER_DISCONNECTED_IDS]}
     assert cancelled_ids <= disconnected
+    for infer in cancelled:  # the filter that took it out, from the request's own trace
+        (event,) = [e for e in spans.fate(infer) if e.name == a.EVENT_FILTERED]
+        filter_span = spans.linked_by(event)
+        assert filter_span is not None and filter_span.name == a.SPAN_FILTER
+        assert infer.attributes[a.REQUEST_ID] in filter_span.attributes[a.FILTER_DISCONNECTED_IDS]
     assert spans.one(a.SPAN_QUEUED, streamed[2]).attributes[a.REQUEST_OUTCOME] == "dropped"
     assert spans.one("generate_stream", streamed[0]).attributes["http.response.status_code"] == 200
 

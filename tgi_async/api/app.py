@@ -13,11 +13,13 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 from pydantic.json_schema import models_json_schema
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tgi_async import metrics
+from tgi_async.api import docs, openapi
 from tgi_async.api import protocol as p
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import install_handlers
@@ -31,7 +33,6 @@ from tgi_async.telemetry import http as tracing
 
 log = logging.getLogger(__name__)
 OPENAPI_URL = "/api-doc/openapi.json"
-DOCS_URL = "/docs"
 OPENAI_ROUTES = "tgi_async.api.routes.openai_compat"
 # Request bodies parsed by hand (body.py) still documented in the OpenAPI components.
 REQUEST_MODELS = (p.GenerateRequest, p.CompatGenerateRequest, vertex.VertexRequest)
@@ -66,7 +67,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(
             title=app.title,
             version=app.version,
-            description=app.description,
+            description="Text Generation Webserver",
+            contact={"name": "Olivier Dehaene"},
             routes=app.routes,
             tags=[
                 {
@@ -82,6 +84,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for name, definition in defs.get("$defs", {}).items():
             components.setdefault(name, definition)
+        components.update(openapi.component_schemas())
+        schema["components"]["schemas"] = dict(sorted(openapi.renamed(components).items()))
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -92,6 +96,15 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
     NOTE: not `include_router`: FastAPI matches an included router's routes through a per-request layer of
     scope bookkeeping, ~15 µs per request here; ours need no prefix, tags or dependencies from an include."""
     app.router.routes.extend(router.routes)
+
+
+def _answer_head(app: FastAPI) -> None:
+    """HEAD on every GET route, as axum answers it (the server sends the GET's headers, no body).
+
+    NOTE: routes of their own, out of the document: utoipa does not list HEAD either."""
+    for route in list(app.router.routes):
+        if isinstance(route, APIRoute) and "GET" in route.methods:
+            app.router.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False)
 
 
 def create_app(
@@ -106,7 +119,7 @@ def create_app(
         title="Text Generation Inference",
         version=config.version,
         openapi_url=OPENAPI_URL,
-        docs_url=DOCS_URL,
+        docs_url=None,  # routes.docs: Swagger UI from a local bundle
         redoc_url=None,
         # NOTE: TGI answers 404 for `/generate/`; Starlette's slash redirect would echo the client's Host
         # header in its Location.
@@ -121,6 +134,7 @@ def create_app(
     app.state.serving = Serving(config, scheduler, validator, tokenizer)
     app.state.info = build_info(config, extra_info)
     install_handlers(app)
+    _add_routes(app, docs.router)
     _add_routes(app, info.router)
     _add_routes(app, generate.router)
     _add_routes(app, vertex.router)
@@ -132,6 +146,7 @@ def create_app(
         log.info("OpenAI-compatible routes not available")
     else:
         _add_routes(app, openai_compat.router)
+    _answer_head(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     # add_middleware wraps: the last added runs first
     app.add_middleware(InvocationsDispatch)

@@ -11,7 +11,18 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+from typing_extensions import TypeAliasType
 
 from tgi_async.api.protocol import Grammar, SimpleToken
 from tgi_async.scheduler.request import FinishReason, InferError
@@ -49,7 +60,11 @@ class ImageUrlChunk(_Request):
     image_url: Url
 
 
-MessageChunk = Annotated[TextChunk | ImageUrlChunk, Field(discriminator="type")]
+# NOTE: named aliases so the OpenAPI document has TGI's `MessageChunk` and `MessageContent` schemas
+MessageChunk = TypeAliasType(
+    "MessageChunk", Annotated[TextChunk | ImageUrlChunk, Field(discriminator="type")]
+)
+MessageContent = TypeAliasType("MessageContent", str | list[MessageChunk])
 
 
 class FunctionDefinition(_Request):
@@ -84,7 +99,7 @@ class Message(_Request):
     """A chat message: `content` (text or parts), or else `tool_calls` (TGI's untagged MessageBody)."""
 
     role: str
-    content: str | list[MessageChunk] | None = None
+    content: MessageContent | None = None
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
 
@@ -108,11 +123,29 @@ class Message(_Request):
         )
 
 
+class FunctionName(_Request):
+    name: str
+
+
 class ToolChoice(BaseModel):
     """`auto` (the default, also for null), `none`, `required`, or one function by name."""
 
     kind: Literal["auto", "none", "required", "function"] = "auto"
     name: str | None = None
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """What clients send (see `parse`), not the parsed form."""
+        function = {
+            "type": "object",
+            "required": ["type", "function"],
+            "properties": {
+                "type": {"type": "string", "enum": ["function"]},
+                "function": handler(FunctionName.__pydantic_core_schema__),
+            },
+        }
+        names = [{"type": "string", "enum": [kind]} for kind in ("auto", "none", "required")]
+        return {"oneOf": [*names, function]}
 
     @classmethod
     def parse(cls, value: Any) -> ToolChoice:
@@ -237,11 +270,15 @@ def tool_grammar(tools: list[Tool], choice: ToolChoice) -> tuple[list[Tool], Gra
     )
 
 
+# NOTE: a named alias so the OpenAPI document has TGI's `Prompt` schema
+Prompt = TypeAliasType("Prompt", list[str])
+
+
 class CompletionRequest(_Request):
     """TGI's CompletionRequest; `prompt` is one string or a non-empty list of strings."""
 
     model: str | None = None
-    prompt: list[str]
+    prompt: Prompt
     max_tokens: U32 | None = None
     temperature: float | None = None
     top_p: float | None = None

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, model_validator
 from pydantic.json_schema import SkipJsonSchema
+from typing_extensions import TypeAliasType
 
 _F32_MAX = float(np.finfo(np.float32).max)
 U32_MAX = 2**32 - 1
@@ -23,7 +24,8 @@ I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 U32 = Annotated[int, Field(ge=0, le=U32_MAX)]
 U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
 I32 = Annotated[int, Field(ge=I32_MIN, le=I32_MAX)]
-FinishReason = Literal["length", "eos_token", "stop_sequence"]
+# NOTE: a named alias so the OpenAPI document has TGI's `FinishReason` schema
+FinishReason = TypeAliasType("FinishReason", Literal["length", "eos_token", "stop_sequence"])
 
 # Rust types of the integer/float request fields, for serde-style error messages (see body.py).
 RUST_TYPES = {

@@ -171,7 +171,18 @@ def add_router_flags(parser: argparse.ArgumentParser) -> None:
         help="connections open without having sent a byte; past it the oldest is closed (0: no limit)",
     )
     _flag(parser, "otlp-file", None, help="also write spans as OTLP JSON lines to this file")
+    parser.add_argument(
+        "--otlp-client-context",
+        choices=CLIENT_CONTEXTS,
+        default=_env_default("otlp-client-context", "parent"),
+        help="a client's traceparent: the parent of the route span (parent, as TGI), or only linked from a "
+        "new root (link: the request is a root span, listed by backends that list roots, e.g. Phoenix; env "
+        "OTLP_CLIENT_CONTEXT)",
+    )
     _flag(parser, "logger-level", "INFO")
+
+
+CLIENT_CONTEXTS = ("parent", "link")
 
 
 def _split(value: str | None) -> list[str] | None:

@@ -65,6 +65,12 @@ def add_parser(subparsers) -> None:
         "TGI's shard, else on; --simulate: the profile's)",
     )
     serve.add_argument(
+        "--overlap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compute step N+1 while the host finishes step N (--no-overlap: one forward at a time)",
+    )
+    serve.add_argument(
         "--num-threads",
         type=int,
         default=None,
@@ -157,6 +163,7 @@ def load_engine(args: argparse.Namespace):
         device=args.device,
         num_threads=args.num_threads,
         prefix_caching=prefix_caching(args.prefix_caching, os.environ),
+        overlap=args.overlap,
     )
     try:
         return Engine(config)

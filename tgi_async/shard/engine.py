@@ -1,8 +1,9 @@
 """The model side of the bundled shard: load a transformers causal LM, own the KV cache, run one step.
 
-A step is ONE forward over every unfinished request of a batch, packed as a single row (prefill chunks and
-decodes together), then sampling, stopping and detokenization on the rows that produced a token. Not
-thread-safe: the server calls it from its single model thread.
+A forward runs over rows of a batch packed as a single row (prefill chunks and decodes together) and samples
+the rows that reach their last token (`execute`, on the pipeline's compute thread); `finish` then applies it
+on the host: cache progress, stopping, detokenization, messages. Which rows a forward takes, and when, is the
+step pipeline's (tgi_async/shard/step_pipeline.py). `step` is called from the server's single model thread.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,8 @@ from tgi_async.shard.kv_cache import (
     blocks_for_budget,
 )
 from tgi_async.shard.sampling import top_n_tokens
+from tgi_async.shard.step_inputs import PreparedStep, StepOutput
+from tgi_async.shard.step_pipeline import StepPipeline, StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +68,7 @@ class EngineConfig:
     device: str | None = None  # None: cuda when available, else cpu
     num_threads: int | None = None  # torch intra-op threads; None: 1 for small CPU models, else torch's
     prefix_caching: bool = True  # Info.use_prefix_caching: the router may name blocks holding a prompt prefix
-
-
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    generations: list[pb.Generation]
-    forward_ns: int  # forward + sampling (until results are on the host)
-    decode_ns: int  # stopping, detokenization, messages
+    overlap: bool = True  # compute step N+1 while the host finishes step N (tgi_async/shard/step_pipeline.py)
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -122,11 +120,17 @@ class Engine:
         self.kv_shape = KVShape.from_config(self.model.config, kv_dtype)
         self.max_prefill_tokens: int | None = None
         self.cache: KVCache | None = None
+        self.pipeline = StepPipeline(self, overlap=config.overlap)
         if self.device.type == "cpu":
             # NOTE: sized once from the RAM available at startup, so every Warmup reports the same capacity.
             budget = min(available_cpu_memory() * config.kv_cache_memory_fraction, config.kv_cache_max_bytes)
             self.cpu_blocks = blocks_for_budget(int(budget), self.kv_shape, min_blocks=2)
             self._allocate(self.cpu_blocks)
+
+    @property
+    def dense_decode(self) -> bool:
+        """Decode-only steps may keep a dense copy of their context (CPU, unquantized cache)."""
+        return self.device.type == "cpu" and self.kv_shape.dtype == self.dtype
 
     # -- facts -----------------------------------------------------------------------------------------
 
@@ -193,6 +197,8 @@ class Engine:
         tokens = batch.to_cached_batch().current_tokens
         try:
             self.step(batch)
+            self.pipeline.retain(())
+            self.pipeline.settle()  # a speculative forward of warmup's batch counts in its memory, not later
         except torch.OutOfMemoryError as exc:
             raise RuntimeError(
                 f"not enough memory to handle {tokens} prefill tokens: decrease --max-batch-prefill-tokens"
@@ -201,79 +207,98 @@ class Engine:
     # -- one step ------------------------------------------------------------------------------------------
 
     def step(self, batch: ShardBatch) -> StepResult:
-        """Advance every unfinished request of `batch` by one forward; returns the tokens produced."""
-        with torch.inference_mode():
-            return self._step(batch)
+        """Advance every unfinished request of `batch` by one forward; returns the tokens produced.
 
-    def _step(self, batch: ShardBatch) -> StepResult:
+        NOTE: unlike TGI's shards, a finished request is never computed again, though it stays in the batch
+        until FilterBatch: a pipelined router learns of a finish one step late, and the request must then
+        neither emit tokens nor write keys/values past the slots it was given.
+        """
+        return self.pipeline.step(batch)
+
+    def execute(self, prepared: PreparedStep) -> StepOutput:
+        """Run one prepared forward and choose its tokens; the results stay on the device (compute thread)."""
         start = time.perf_counter_ns()
-        # NOTE: unlike TGI's shards, a finished request is never computed again, though it stays in the batch
-        # until FilterBatch: a pipelined router learns of a finish one step late, and the request must then
-        # neither emit tokens nor write keys/values past the slots it was given.
-        active = [i for i, r in enumerate(batch.requests) if not r.finished]
-        requests = [batch.requests[i] for i in active]
-        if not requests:
-            return StepResult([], 0, 0)
-        input_ids: list[int] = []
-        positions: list[int] = []
-        keep: list[int] = []  # packed positions whose logits are needed
-        last_row: list[int] = []  # per request: row of `keep` holding its last position
-        for r in requests:
-            offset = len(input_ids)
-            input_ids.extend(r.all_ids[r.cache_len : r.cache_len + r.chunk_len])
-            positions.extend(range(r.cache_len, r.cache_len + r.chunk_len))
-            if r.prefill_logprobs and r.prefilling:
-                keep.extend(range(offset, offset + r.chunk_len))
-            elif _produces(r):
-                keep.append(offset + r.chunk_len - 1)
-            last_row.append(len(keep) - 1)
-        device = self.device
-        position_tensor = torch.tensor(positions, dtype=torch.long, device=device)
-        table = batch.slot_table if len(active) == len(batch) else batch.slot_table[active]
-        dense = self._decode_context(batch, requests)
-        layout = attention.build_layout(
-            table,
-            [r.cache_len for r in requests],
-            [r.chunk_len for r in requests],
-            position_tensor,
-            packed=False if dense is not None else None,  # the dense context is laid out per sequence
-        )
+        input_ids = prepared.input_ids.to(self.device, non_blocking=True)
+        for handle, sources, targets in prepared.carries:
+            input_ids[targets] = handle.output().next_ids.index_select(0, sources)
+        dense = self._decode_context(prepared)
         output = self.model(
-            input_ids=torch.tensor([input_ids], dtype=torch.long, device=device),
-            position_ids=position_tensor[None],
+            input_ids=input_ids[None],
+            position_ids=prepared.positions[None],
             use_cache=False,
-            logits_to_keep=torch.tensor(keep or [0], dtype=torch.long, device=device),
-            **{attention.STEP_KWARG: attention.PagedStep(self.cache, layout, dense)},
+            logits_to_keep=prepared.keep,
+            **{attention.STEP_KWARG: attention.PagedStep(self.cache, prepared.layout, dense)},
         )
         if dense is not None:
             dense.end_step()
         logits = output.logits[0]
+        next_ids, chosen, logprobs = self.sample(prepared, logits)
+        prompt_values = None
+        if prepared.prompt is not None:
+            selected = logits.index_select(0, prepared.prompt.rows).float()
+            target = selected.gather(1, prepared.prompt.targets)[:, 0]
+            prompt_values = target - torch.logsumexp(selected, dim=-1)
+        return StepOutput(next_ids, chosen, logprobs, prompt_values, time.perf_counter_ns() - start)
 
-        producing = [j for j, r in enumerate(requests) if _produces(r)]
-        sampled = self._sample(batch, active, requests, producing, logits, last_row)
-        prompt_logprobs = self._prefill_logprobs(requests, logits, last_row)
-        start_decode = time.perf_counter_ns()
+    def sample(self, prepared: PreparedStep, logits: torch.Tensor):
+        """The one sampling entry point: (next ids [P], their logprobs [P], logprobs [P, V] when a row asks
+        for top-n tokens) of the producing rows, from the kept `logits`."""
+        if prepared.sampler is None:
+            empty = torch.empty(0, dtype=torch.long, device=logits.device)
+            return empty, empty.float(), None
+        scores = logits.index_select(0, prepared.sample_index).float()
+        histories = prepared.histories or [()] * len(prepared.producing)
+        out = prepared.sampler(scores, histories)
+        chosen = out.logprobs.gather(1, out.next_ids[:, None])[:, 0]
+        return out.next_ids, chosen, out.logprobs if any(prepared.top_n) else None
 
-        generations = []
-        for j, r in enumerate(requests):
-            if j in prompt_logprobs:
-                _append_prefill(r, prompt_logprobs[j], self.tokenizer)
-            r.cache_len += r.chunk_len
-            if j in sampled:
-                generations.append(self._advance(r, batch, active[j], *sampled[j]))
-        self._schedule_chunks(batch)
-        return StepResult(generations, start_decode - start, time.perf_counter_ns() - start_decode)
+    def finish(
+        self, prepared: PreparedStep, output: StepOutput, dropped: Collection[int] = ()
+    ) -> dict[int, pb.Generation]:
+        """Apply a computed step to its requests (host): prompt logprobs, cache progress, then each sampled
+        token's text, stopping and message. Rows in `dropped` stay untouched and report nothing.
+        Returns {id(request): its Generation}."""
+        if output.copied is not None:
+            output.copied.synchronize()  # CUDA: the one wait for this step's results
+            ids, chosen, *prompt_values = (t.tolist() for t in output.host)
+        else:
+            ids, chosen = output.next_ids.tolist(), output.chosen.tolist()
+            prompt_values = [] if output.prompt_values is None else [output.prompt_values.tolist()]
+        prompt, offset = {}, 0
+        for j, count in prepared.prompt.owners if prepared.prompt is not None else ():
+            prompt[j] = prompt_values[0][offset : offset + count]
+            offset += count
+        tops = None
+        if output.logprobs is not None:
+            tops = top_n_tokens(output.logprobs, prepared.top_n)
+        sampled = {j: k for k, j in enumerate(prepared.producing)}
+        generations = {}
+        for j, row in enumerate(prepared.rows):
+            if j in dropped:
+                continue
+            r = row.request
+            if r.cache_len != row.cache_len:
+                raise AssertionError(f"request {r.id}: a step from {row.cache_len}, its cache {r.cache_len}")
+            if j in prompt:
+                _append_prefill(r, prompt[j], self.tokenizer)
+            r.cache_len += row.chunk_len
+            k = sampled.get(j)
+            if k is not None:
+                seed = prepared.sampler.seeds[k] if prepared.sampler.do_sample[k] else None
+                top = tops[k] if tops is not None and prepared.top_n[k] else None
+                generations[id(r)] = self._advance(r, seed, ids[k], chosen[k], top)
+        return generations
 
-    def _decode_context(self, batch: ShardBatch, requests: list[RequestState]) -> DecodeContext | None:
-        """The batch's dense decode context for this step (CPU, decode-only steps); None: gather instead."""
-        if (
-            self.device.type != "cpu"
-            or self.kv_shape.dtype != self.dtype  # a quantized cache: keep reading what it stores
-            or any(r.chunk_len != 1 for r in requests)
-        ):
+    def _decode_context(self, prepared: PreparedStep) -> DecodeContext | None:
+        """The batch's dense decode context for this step (CPU, decode-only steps); None: gather instead.
+
+        NOTE: read and advanced only by the forward (the compute thread, in step order)."""
+        batch = prepared.batch
+        if not prepared.dense:
             batch.decode_context = None
             return None
-        request_ids, lens = tuple(r.id for r in requests), [r.cache_len for r in requests]
+        request_ids = tuple(row.request.id for row in prepared.rows)
+        lens = [row.cache_len for row in prepared.rows]
         context = batch.decode_context
         if context is None or not context.serves(request_ids, lens):
             context = DecodeContext.create(request_ids, lens, self.kv_shape, self.dtype)
@@ -282,46 +307,7 @@ class Engine:
             context.start_step()
         return context
 
-    def _sample(self, batch, active, requests, producing, logits, last_row):
-        """{request index: (token id, logprob, top tokens or None)} for the requests that produce a token."""
-        if not producing:
-            return {}
-        rows = [active[j] for j in producing]
-        sampler = batch.sampler if rows == list(range(len(batch))) else batch.sampler.filter(rows)
-        index = torch.tensor([last_row[j] for j in producing], dtype=torch.long, device=logits.device)
-        out = sampler(logits.index_select(0, index).float(), [requests[j].all_ids for j in producing])
-        chosen = out.logprobs.gather(1, out.next_ids[:, None])[:, 0]
-        top_n = [requests[j].top_n_tokens for j in producing]
-        tops = top_n_tokens(out.logprobs, top_n) if any(top_n) else [None] * len(producing)
-        ids, logprobs = out.next_ids.tolist(), chosen.tolist()
-        return {j: (ids[k], logprobs[k], tops[k] if top_n[k] else None) for k, j in enumerate(producing)}
-
-    def _prefill_logprobs(self, requests, logits, last_row) -> dict[int, list[float]]:
-        """{request index: logprobs of the prompt tokens this chunk predicts} (model logits, log-softmax)."""
-        rows, targets, owners = [], [], []
-        for j, r in enumerate(requests):
-            if not (r.prefill_logprobs and r.prefilling):
-                continue
-            predicted = r.all_ids[r.cache_len + 1 : min(r.cache_len + r.chunk_len, r.prompt_len - 1) + 1]
-            first = last_row[j] - r.chunk_len + 1
-            rows.extend(range(first, first + len(predicted)))
-            targets.extend(predicted)
-            owners.append((j, len(predicted)))
-        if not owners:
-            return {}
-        if rows:
-            selected = logits.index_select(0, torch.tensor(rows, device=logits.device)).float()
-            target = torch.tensor(targets, device=logits.device)[:, None]
-            values = (selected.gather(1, target)[:, 0] - torch.logsumexp(selected, dim=-1)).tolist()
-        else:
-            values = []
-        result, offset = {}, 0
-        for j, count in owners:
-            result[j] = values[offset : offset + count]
-            offset += count
-        return result
-
-    def _advance(self, r: RequestState, batch: ShardBatch, row: int, token_id: int, logprob: float, top):
+    def _advance(self, r: RequestState, seed: int | None, token_id: int, logprob: float, top):
         """Record a generated token: text, stopping, the Generation message."""
         r.all_ids.append(token_id)
         text = r.detokenizer.push(token_id)
@@ -334,7 +320,6 @@ class Engine:
         if stop:
             r.finished, r.chunk_len = True, 0
             text += r.detokenizer.finish()  # no bytes left pending: the stream holds the whole text
-            seed = batch.sampler.seeds[row] if batch.sampler.do_sample[row] else None
             generated = generated_text_message(
                 r.detokenizer.generated_text(), r.stopping.current_tokens, reason, seed
             )
@@ -344,7 +329,7 @@ class Engine:
         tops = top_tokens_message(self.tokenizer, top, self.special_ids) if top is not None else None
         return generation_message(r.id, token, prefill, tops, generated)
 
-    def _schedule_chunks(self, batch: ShardBatch) -> None:
+    def schedule_chunks(self, batch: ShardBatch) -> None:
         """Next chunk of each request still prefilling, newest first, within TGI's prefill token budget."""
         budget = (self.max_prefill_tokens or math.inf) - (len(batch) - 1)
         for r in reversed(batch.requests):
@@ -353,11 +338,6 @@ class Engine:
             chunk = max(min(r.prompt_len - r.cache_len, budget), 1)
             r.chunk_len = int(chunk)
             budget -= chunk
-
-
-def _produces(r: RequestState) -> bool:
-    """Whether the next forward of `r` reaches the end of its known tokens (and so samples one)."""
-    return r.cache_len + r.chunk_len == len(r.all_ids)
 
 
 def _append_prefill(r: RequestState, logprobs: list[float], tokenizer) -> None:

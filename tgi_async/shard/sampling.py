@@ -202,6 +202,15 @@ class BatchSampler:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def reads_history(self) -> bool:
+        """Whether choosing a token reads the row's previous tokens on the host (penalties, watermark).
+
+        NOTE: the overlapped pipeline steps a batch before the host has its last token; a batch with such a
+        row is stepped one forward at a time instead.
+        """
+        return bool(self._penalty_rows or self._watermark_rows)
+
     def _new_generator(self, seed: int) -> torch.Generator:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)

@@ -26,6 +26,7 @@ from tgi_async.proto import add_servicer, call_order, pb
 from tgi_async.shard.batch import BatchError, Limits, ShardBatch
 from tgi_async.shard.call_order import CallOrder
 from tgi_async.shard.engine import Engine
+from tgi_async.telemetry import grpc_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,10 @@ class ShardService:
         # single model thread then runs them in that order.
         await self.order.turn(call_order.parse(context.invocation_metadata()))
         try:
-            return await loop.run_in_executor(self.executor, handler, request)
+            times: list[int] = []
+            response = await loop.run_in_executor(self.executor, _timed, handler, request, times)
+            grpc_tracing.model_thread_ran(*times)
+            return response
         except BatchError as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except NotFoundError as exc:
@@ -110,11 +114,13 @@ class ShardService:
             self.batches.pop(request.id, None)
         else:
             self.batches.clear()
+        self._forget_gone()
         return pb.ClearCacheResponse()
 
     def _filter_batch(self, request: pb.FilterBatchRequest) -> pb.FilterBatchResponse:
         batch = self._get(request.batch_id).filter(list(request.request_ids))
         self.batches[batch.id] = batch
+        self._forget_gone()
         return pb.FilterBatchResponse(batch=batch.to_cached_batch())
 
     def _warmup(self, request: pb.WarmupRequest) -> pb.WarmupResponse:
@@ -123,6 +129,11 @@ class ShardService:
             return self.engine.warmup(request)
         finally:
             self.batches.clear()
+            self._forget_gone()
+
+    def _forget_gone(self) -> None:
+        """Drop the speculative steps of requests no cached batch holds any more."""
+        self.engine.pipeline.retain(r for batch in self.batches.values() for r in batch.requests)
 
     def _prefill(self, request: pb.PrefillRequest) -> pb.PrefillResponse:
         start = time.perf_counter_ns()
@@ -182,8 +193,11 @@ class ShardService:
         except Exception:
             self.batches.pop(batch.id, None)
             raise
+        finally:
+            self._forget_gone()  # replaced batches' requests (a reused id), a failed batch's
         if batch.all_finished:
             self.batches.pop(batch.id, None)
+            self._forget_gone()
             return result, None
         return result, batch.to_cached_batch()
 
@@ -198,6 +212,14 @@ class ShardService:
         if limits is None:
             raise NotReadyError("the KV cache is not allocated yet: call Warmup first")
         return limits
+
+
+def _timed(handler: Callable[[Any], Any], request: Any, times: list[int]) -> Any:
+    """`handler(request)`, its start and end (wall clock) appended to `times`: where traces place the call."""
+    times.append(time.time_ns())
+    response = handler(request)
+    times.append(time.time_ns())
+    return response
 
 
 async def serve(
@@ -226,6 +248,7 @@ async def serve(
     finally:
         await server.stop(grace=0.2)
         service.executor.shutdown(wait=False, cancel_futures=True)
+        engine.pipeline.close()
         remove_socket(path)
 
 

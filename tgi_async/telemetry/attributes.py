@@ -25,6 +25,12 @@ EVENT_REJECT = "reject"
 EVENT_DRAIN = "drain"
 EVENT_FIRST_TOKEN = "first_token"
 EVENT_ISOLATE = "isolate"  # a failed Prefill's requests tried again apart, or the one found failing alone
+# on a request's `infer`, one per link to a step / filter span, so a backend that ignores links (Phoenix)
+# still shows, in the request's own trace, what decided its fate and where that span is (linked.*_id)
+EVENT_ADMITTED = "admitted"  # the admission decision's attributes (those of `admit`)
+EVENT_MERGED = "merged"  # its batch joined another at this step
+EVENT_FINISHED = "finished"  # the step that gave its last token
+EVENT_FILTERED = "filtered"  # taken out of its batch while it was still running (client left, length limit)
 
 # -- attributes --------------------------------------------------------------------------------------------
 NS = "tgi_async."
@@ -64,6 +70,8 @@ BUDGET_TOTAL_TOKENS_LEFT = NS + "budget.total_tokens_left"
 BLOCKS_FREE_BEFORE = NS + "blocks.free_before"
 BLOCKS_FREE_AFTER = NS + "blocks.free_after"
 CHUNK_REQUEST_ID = NS + "chunk.request_id"
+LINKED_TRACE_ID = NS + "linked.trace_id"  # on infer's events: the trace of the step / filter span (hex)
+LINKED_SPAN_ID = NS + "linked.span_id"  # ...and that span's id (hex)
 CHUNK_TOKENS = NS + "chunk.tokens"  # prompt tokens computed at this step
 CHUNK_TOKENS_LEFT = NS + "chunk.tokens_left"  # prompt tokens still to compute after it
 
@@ -87,6 +95,9 @@ SHARD_DECODE_NS = NS + "shard.decode_ns"
 SHARD_TOTAL_NS = NS + "shard.total_ns"
 SHARD_CONCAT_NS = NS + "shard.concat_ns"
 SHARD_WAIT_NS = NS + "shard.wait_ns"  # shard: the call waited this long behind other calls
+# bundled shard, measured on its model thread (every call run there): waited for it, then ran this long
+SHARD_MODEL_WAIT_NS = NS + "shard.model_thread.wait_ns"
+SHARD_MODEL_RUN_NS = NS + "shard.model_thread.run_ns"
 MERGE_BATCH_IDS = NS + "merge.batch_ids"
 MERGE_REQUEST_COUNT = NS + "merge.request_count"
 
@@ -100,6 +111,9 @@ FILTER_FAILED_IDS = NS + "filter.failed_ids"
 FILTER_REASON = NS + "filter.reason"  # async decode plan: length_limit | finished | all_finished
 FILTER_CLEARED = NS + "filter.cleared"  # nothing kept: ClearCache instead of FilterBatch
 FILTER_DRAINED_CALLS = NS + "filter.drained_calls"  # in-flight calls awaited before filtering
+
+# on the route span's link to the client's span (--otlp-client-context link)
+LINK_KIND = NS + "link.kind"
 
 # rejection (reject event on the route span)
 REJECT_REASON = NS + "reject.reason"

@@ -151,6 +151,23 @@ def _model_spans(server_span, response, start: int, end: int, total_ns: int) -> 
     step.end(end_time=end)
 
 
+def model_thread_ran(start_ns: int, end_ns: int) -> None:
+    """The current RPC ran on the shard's model thread from `start_ns` to `end_ns` (wall clock): on its server
+    span, how long it waited for the thread and ran there (the span's end comes later, when the event loop
+    gets to the answer, so its end is not when the work ended)."""
+    if not setup.ENABLED:
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    span_start = getattr(span, "start_time", None)
+    if span_start is None or not span.is_recording():
+        return
+    span.set_attributes(
+        {a.SHARD_MODEL_WAIT_NS: max(0, start_ns - span_start), a.SHARD_MODEL_RUN_NS: end_ns - start_ns}
+    )
+
+
 def _status_code(context) -> grpc.StatusCode | None:
     try:
         return context.code()

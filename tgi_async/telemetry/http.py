@@ -41,7 +41,8 @@ def install(app: Any) -> None:
 class TraceRequests:
     """Opens the route span (child of the client's `traceparent`, if any) and makes it current for the
     request, so scheduler spans made while serving it join the client's trace. Records the status code and
-    TGI's x-* timing headers."""
+    TGI's x-* timing headers. With `--otlp-client-context link` the route span is a new root that links the
+    client's span instead (backends that list only root spans, e.g. Phoenix, then list the request)."""
 
     def __init__(self, app: ASGIApp) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -58,13 +59,21 @@ class TraceRequests:
             return
         from opentelemetry import context as otel_context
         from opentelemetry import trace
-        from opentelemetry.trace import SpanKind, Status, StatusCode
+        from opentelemetry.context import Context
+        from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
         carrier = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in _PROPAGATED}
         parent = self._propagator.extract(carrier)
+        links = None
+        if setup.CLIENT_CONTEXT == "link":
+            client = trace.get_current_span(parent).get_span_context()
+            if client.is_valid:
+                links = [Link(client, {a.LINK_KIND: "client traceparent"})]
+                parent = Context()
         span = setup.tracer().start_span(
             name,
             context=parent,
+            links=links,
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": "POST",

@@ -110,6 +110,20 @@ class ActiveSchedulerTracer(SchedulerTracer):
             trace_.queued.set_attribute(a.REQUEST_OUTCOME, "dropped")
             trace_.queued.end()
 
+    def link_infer(
+        self, trace_: RequestTrace, span: Span, event: str, attributes: dict[str, Any], now: int | None = None
+    ) -> None:
+        """Link the request's `infer` to `span` (a step or filter, in its own trace), and say so in an event
+        on `infer` with `span`'s ids: backends that drop links (Phoenix) show the event with the request."""
+        assert trace_.infer is not None
+        context = span.get_span_context()
+        trace_.infer.add_link(context)
+        ids = {
+            a.LINKED_TRACE_ID: format(context.trace_id, "032x"),
+            a.LINKED_SPAN_ID: format(context.span_id, "016x"),
+        }
+        trace_.infer.add_event(event, {**attributes, **ids}, timestamp=now)
+
     def end_infer(self, trace_: RequestTrace, outcome: str, end: int | None = None) -> None:
         assert trace_.infer is not None
         trace_.outcome = outcome
@@ -168,26 +182,23 @@ class ActiveSchedulerTracer(SchedulerTracer):
             attributes={a.STEP_METHOD: "prefill", a.BATCH_ID: batch_id, a.TGI_BATCH_SIZE: len(ids)},
         )
         batch_context = trace.set_span_in_context(batch)
-        batch_link = [Link(batch.get_span_context())]
+        decision: dict[str, Any] = {
+            a.ADMIT_REQUEST_IDS: ids,
+            a.ADMIT_COUNT: len(ids),
+            a.ADMIT_DROPPED_IDS: plan.dropped,
+            a.ADMIT_PREFILL_TOKENS: plan.prefill_tokens,
+            a.ADMIT_DECODE_TOKENS: plan.decode_tokens,
+            a.ADMIT_MAX_BLOCKS: plan.max_blocks,
+            a.ADMIT_CACHED_TOKENS: sum(x.cache_len for x in plan.admitted),
+            a.DEFER_REASON: plan.deferred or "",
+            a.BUDGET_PREFILL_TOKENS_LEFT: max(0, budget.prefill_tokens - plan.prefill_tokens),
+            a.BUDGET_TOTAL_TOKENS_LEFT: max(
+                0, budget.total_tokens - plan.prefill_tokens - plan.decode_tokens
+            ),
+            **budget_attributes,
+        }
         admit = self.tracer.start_span(
-            a.SPAN_ADMIT,
-            context=batch_context,
-            start_time=now,
-            attributes={
-                a.ADMIT_REQUEST_IDS: ids,
-                a.ADMIT_COUNT: len(ids),
-                a.ADMIT_DROPPED_IDS: plan.dropped,
-                a.ADMIT_PREFILL_TOKENS: plan.prefill_tokens,
-                a.ADMIT_DECODE_TOKENS: plan.decode_tokens,
-                a.ADMIT_MAX_BLOCKS: plan.max_blocks,
-                a.ADMIT_CACHED_TOKENS: sum(x.cache_len for x in plan.admitted),
-                a.DEFER_REASON: plan.deferred or "",
-                a.BUDGET_PREFILL_TOKENS_LEFT: max(0, budget.prefill_tokens - plan.prefill_tokens),
-                a.BUDGET_TOTAL_TOKENS_LEFT: max(
-                    0, budget.total_tokens - plan.prefill_tokens - plan.decode_tokens
-                ),
-                **budget_attributes,
-            },
+            a.SPAN_ADMIT, context=batch_context, start_time=now, attributes=decision
         )
         for admission in plan.admitted:
             trace_ = self.requests.get(admission.id)
@@ -199,13 +210,13 @@ class ActiveSchedulerTracer(SchedulerTracer):
                 a.SPAN_INFER,
                 context=trace_.parent,
                 start_time=now,
-                links=batch_link,
                 attributes={
                     a.REQUEST_ID: admission.id,
                     a.REQUEST_BATCH_ID: batch_id,
                     a.REQUEST_CACHED_TOKENS: admission.cache_len,
                 },
             )
+            self.link_infer(trace_, batch, a.EVENT_ADMITTED, {a.BATCH_ID: batch_id, **decision}, now)
             batch.add_link(trace_.infer.get_span_context())
             admit.add_link(trace_.infer.get_span_context())
             if admission.chunk_len is not None:
@@ -304,6 +315,15 @@ class ActiveSchedulerTracer(SchedulerTracer):
         )
         if self.filter_reason is not None:
             span.set_attribute(a.FILTER_REASON, self.filter_reason)
+        for request_id in remove:  # still running (client left, length limit): in the request's trace too
+            trace_ = self.requests.get(request_id)
+            if trace_ is not None and trace_.infer is not None and trace_.outcome is None:
+                self.link_infer(
+                    trace_,
+                    span,
+                    a.EVENT_FILTERED,
+                    {a.BATCH_ID: batch.id, a.FILTER_REASON: self.filter_reason or ""},
+                )
         if self.drain_start is not None:
             span.add_event(
                 a.EVENT_DRAIN,

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 ENABLED = False  # read by every hot-path hook; set once by setup_tracing
+# router: a client's traceparent is the route span's parent, or only linked from a new root ("link")
+CLIENT_CONTEXT = "parent"
 INSTRUMENTATION_NAME = "tgi_async"
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
@@ -97,7 +99,10 @@ def tracer() -> Tracer:
 
 
 def setup_from_args(args: Any, default_service_name: str) -> bool:
-    """`setup_tracing` from a process's `--otlp-endpoint`, `--otlp-service-name`, `--otlp-file` flags."""
+    """`setup_tracing` from a process's `--otlp-endpoint`, `--otlp-service-name`, `--otlp-file` flags (and the
+    router's `--otlp-client-context`)."""
+    global CLIENT_CONTEXT
+    CLIENT_CONTEXT = getattr(args, "otlp_client_context", None) or "parent"
     return setup_tracing(
         getattr(args, "otlp_service_name", None) or default_service_name,
         getattr(args, "otlp_endpoint", None),

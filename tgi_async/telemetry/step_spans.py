@@ -115,12 +115,12 @@ class StepTrace(StepHandle):
                 {a.MERGE_BATCH_IDS: self.batch_ids, a.MERGE_REQUEST_COUNT: len(self.request_ids)},
             )
         if new_batch is None:  # requests of the batches after the first join it: linked both ways
-            step_context = step.get_span_context()
+            merged = {a.STEP_SEQ: self.seq, a.BATCH_ID: self.batch_id, a.MERGE_BATCH_IDS: self.batch_ids}
             for b in cached[1:]:
                 for request_id in b.request_ids:
                     trace_ = requests.get(request_id)
                     if trace_ is not None and trace_.infer is not None and trace_.outcome is None:
-                        trace_.infer.add_link(step_context)
+                        owner.link_infer(trace_, step, a.EVENT_MERGED, merged, self.start_ns)
                         step.add_link(trace_.infer.get_span_context())
 
     @contextlib.contextmanager
@@ -146,7 +146,6 @@ class StepTrace(StepHandle):
         owner = self.owner
         requests = owner.requests
         prefill_tokens, decode_tokens = self._count_tokens(result)
-        link_context = self.batch_span.get_span_context()
         finished = []
         for generation in result.generations:
             trace_ = requests.get(generation.request_id)
@@ -160,7 +159,8 @@ class StepTrace(StepHandle):
             text = generation.generated_text
             if text is not None:
                 finished.append(generation.request_id)
-                trace_.infer.add_link(link_context)
+                step = {a.STEP_SEQ: self.seq, a.STEP_METHOD: self.method, a.BATCH_ID: self.batch_id}
+                owner.link_infer(trace_, self.batch_span, a.EVENT_FINISHED, step, now)
                 self.batch_span.add_link(trace_.infer.get_span_context())
                 trace_.infer.set_attributes(
                     {

@@ -1,14 +1,19 @@
 """A run as lanes over time, built from exported spans (pure: spans in, plain data out).
 
-Shard lanes (one per shard process): each Prefill / Decode the shard computed, from its server spans (the
-compute window is the end of the span minus `tgi_async.shard.total_ns`; the rest is time the call waited
-behind others). Without shard spans (e.g. TGI's own shard exporting elsewhere) one lane shows the steps as
-the router saw them. Request lanes (one per request): queued, prefilling (admitted, no token yet), decoding,
-a tick per step that gave it a token, and stalls: gaps between two of its tokens far longer than usual.
+Shard lanes (one per shard process): each Prefill / Decode the shard computed and each FilterBatch /
+ClearCache, placed by the shard's own times: when its model thread ran the call (bundled shard,
+`tgi_async.shard.model_thread.*`), else the span's end less `tgi_async.shard.total_ns`, and for a filter
+(no timings in its answer) not before the compute that preceded it ended, since a shard runs calls one at a
+time, in order. The time a call waited behind others is only in the hover text: the shard was computing the
+previous call then. Without shard spans (e.g. TGI's own shard exporting elsewhere)
+one lane shows the steps as the router saw them. Request lanes (one per request): queued, prefilling
+(admitted, no token yet), decoding, a tick per step that gave it a token, and stalls: gaps between two of its
+tokens far longer than usual; stalls of several requests that overlap in time are one `Stall`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from collections import defaultdict
@@ -28,7 +33,7 @@ STALL_MIN_NS = 2_000_000  # ...and at least this long
 class Segment:
     start_ns: int
     end_ns: int
-    kind: str  # queued | prefilling | decoding | stall | prefill | decode | mixed | wait | filter
+    kind: str  # queued | prefilling | decoding | stall | prefill | decode | mixed | filter
     label: str  # shown on hover
 
 
@@ -42,9 +47,9 @@ class Lane:
 
 @dataclass(frozen=True, slots=True)
 class Stall:
-    request: str  # lane name
-    start_ns: int
-    end_ns: int
+    requests: tuple[str, ...]  # lane names of the requests it held up
+    start_ns: int  # from the earliest of their gaps...
+    end_ns: int  # ...to the latest
     busy_with: str  # what the shards computed meanwhile
 
 
@@ -75,7 +80,7 @@ def build_timeline(spans: Sequence[SpanRecord]) -> Timeline:
         key=lambda s: s.start_ns,
     )
     shard_lanes = _shard_lanes(spans, by_id) or _router_step_lane(steps)
-    request_lanes, stalls = _request_lanes(spans, steps, shard_lanes)
+    request_lanes, gaps = _request_lanes(spans, steps, shard_lanes)
     lanes = shard_lanes + request_lanes
     if not lanes:
         raise EmptyTraceError(
@@ -83,8 +88,26 @@ def build_timeline(spans: Sequence[SpanRecord]) -> Timeline:
         )
     start = min(seg.start_ns for lane in lanes for seg in lane.segments)
     end = max(seg.end_ns for lane in lanes for seg in lane.segments)
+    stalls = _merge_stalls(gaps)
     stalls.sort(key=lambda s: s.start_ns - s.end_ns)
     return Timeline(start, end, lanes, stalls)
+
+
+def _merge_stalls(gaps: Sequence[Stall]) -> list[Stall]:
+    """One stall per episode: a prefill holds up every stream at once, which is one cause, not N."""
+    merged: list[Stall] = []
+    for gap in sorted(gaps, key=lambda g: g.start_ns):
+        last = merged[-1] if merged else None
+        if last is not None and gap.start_ns < last.end_ns:
+            merged[-1] = Stall(
+                last.requests + gap.requests,
+                last.start_ns,
+                max(last.end_ns, gap.end_ns),
+                last.busy_with if len(last.busy_with) >= len(gap.busy_with) else gap.busy_with,
+            )
+        else:
+            merged.append(gap)
+    return merged
 
 
 def _step_kind(step: SpanRecord | None, rpc: str) -> tuple[str, str]:
@@ -114,6 +137,8 @@ def _router_step(span: SpanRecord, by_id: dict[str, SpanRecord]) -> SpanRecord |
 
 def _shard_lanes(spans: Sequence[SpanRecord], by_id: dict[str, SpanRecord]) -> list[Lane]:
     lanes: dict[tuple[str, str], Lane] = {}
+    compute_end: dict[tuple[str, str], int] = {}  # lane -> when its latest compute ended
+    routers = {s.service for s in spans if a.STEP_METHOD in s.attributes}
     for span in sorted(spans, key=lambda s: s.start_ns):
         if not span.name.startswith(SHARD_SPAN_PREFIX) or span.kind != 2:
             continue
@@ -123,20 +148,68 @@ def _shard_lanes(spans: Sequence[SpanRecord], by_id: dict[str, SpanRecord]) -> l
         key = (span.service, span.instance)
         lane = lanes.get(key)
         if lane is None:
-            lane = lanes[key] = Lane(f"shard {len(lanes)} ({span.service})", "shard")
+            lane = lanes[key] = Lane(_shard_lane_name(len(lanes), span, routers), "shard")
         total = span.attributes.get(a.SHARD_TOTAL_NS)
+        ran = _ran_on_model_thread(span)
         if rpc not in STEP_RPCS or not total:
-            lane.segments.append(Segment(span.start_ns, span.end_ns, "filter", rpc))
+            # NOTE: without the shard's own times, it ran after the compute before it (calls run in order)
+            start, end = ran or (min(span.end_ns, max(span.start_ns, compute_end.get(key, 0))), span.end_ns)
+            label = f"{rpc} {(end - start) / 1e6:.2f} ms (waited {(start - span.start_ns) / 1e6:.1f} ms)"
+            lane.segments.append(Segment(start, end, "filter", label))
             continue
-        compute_start = max(span.start_ns, span.end_ns - total)
+        start, end = ran or (max(span.start_ns, span.end_ns - total), span.end_ns)
+        compute_end[key] = max(compute_end.get(key, 0), end)
         kind, label = _step_kind(_router_step(span, by_id), rpc)
-        if compute_start > span.start_ns:
-            wait_ms = (compute_start - span.start_ns) / 1e6
-            lane.segments.append(
-                Segment(span.start_ns, compute_start, "wait", f"queued at the shard {wait_ms:.1f} ms")
-            )
-        lane.segments.append(Segment(compute_start, span.end_ns, kind, f"{label}; {total / 1e6:.2f} ms"))
+        forward, decode = (
+            span.attributes.get(a.SHARD_FORWARD_NS, 0),
+            span.attributes.get(a.SHARD_DECODE_NS, 0),
+        )
+        label += (
+            f"; shard: {total / 1e6:.2f} ms (forward {forward / 1e6:.2f}, decode {decode / 1e6:.2f}), "
+            f"waited {(start - span.start_ns) / 1e6:.1f} ms behind other calls"
+        )
+        lane.segments.append(Segment(start, end, kind, label))
+    for lane in lanes.values():
+        lane.segments = _one_at_a_time(lane.segments)
     return list(lanes.values())
+
+
+def _one_at_a_time(segments: list[Segment]) -> list[Segment]:
+    """A shard runs one call at a time, in order. Where times estimated from span ends (shards that do not
+    report when they ran a call) put two calls over each other, the later starts when the earlier ended,
+    and a filter ends by the next compute."""
+    ordered = sorted(segments, key=lambda seg: seg.start_ns)
+    placed, busy_until = [], 0
+    for index, seg in enumerate(ordered):
+        start, end = max(seg.start_ns, busy_until), seg.end_ns
+        if seg.kind == "filter":
+            after = (s.start_ns for s in ordered[index + 1 :] if s.kind != "filter")
+            end = min(end, next(after, end))
+        end = max(start, end)
+        placed.append(
+            seg
+            if (start, end) == (seg.start_ns, seg.end_ns)
+            else dataclasses.replace(seg, start_ns=start, end_ns=end)
+        )
+        busy_until = max(busy_until, end)
+    return placed
+
+
+def _ran_on_model_thread(span: SpanRecord) -> tuple[int, int] | None:
+    """When the bundled shard's model thread ran the call (None from shards that do not say)."""
+    wait = span.attributes.get(a.SHARD_MODEL_WAIT_NS)
+    run = span.attributes.get(a.SHARD_MODEL_RUN_NS)
+    if wait is None or run is None:
+        return None
+    return span.start_ns + wait, span.start_ns + wait + run
+
+
+def _shard_lane_name(index: int, span: SpanRecord, routers: set[str]) -> str:
+    """The shard's own service.name; when it is a router's too (`launch` gives both one name, as TGI's
+    launcher does), its process instead."""
+    if span.service not in routers:
+        return f"shard {index} ({span.service})"
+    return f"shard {index} (pid {span.instance.rpartition(':')[2] or '?'})"
 
 
 def _router_step_lane(steps: Sequence[SpanRecord]) -> list[Lane]:
@@ -160,7 +233,7 @@ def _request_lanes(
             key = (span.instance, span.attributes[a.REQUEST_ID])
             (queued if span.name == a.SPAN_QUEUED else infer)[key] = span
     token_times = _token_times(steps)
-    busy = [seg for lane in shard_lanes for seg in lane.segments if seg.kind not in ("wait", "filter")]
+    busy = [seg for lane in shard_lanes for seg in lane.segments if seg.kind != "filter"]
     lanes, stalls = [], []
     for key in sorted(set(queued) | set(infer), key=lambda k: _first_start(queued.get(k), infer.get(k))):
         lane = Lane(f"request {key[1]}", "request")
@@ -229,5 +302,5 @@ def _stalls(name: str, ticks: Sequence[int], busy: Sequence[Segment]) -> list[St
             what = (
                 "; ".join(s.label for s in during[:3]) or "no prefill on the shards (router or client side)"
             )
-            found.append(Stall(name, start, end, what))
+            found.append(Stall((name,), start, end, what))
     return found

@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "trace_files", nargs="+", metavar="TRACE_FILE", help="OTLP JSON lines (router and shard files)"
     )
     parser.add_argument(
-        "-o", "--output", required=True, help="output file: .html (interactive), .svg or .png (matplotlib)"
+        "-o", "--output", required=True, help="output file: .html (interactive), .svg or .png"
     )
     parser.set_defaults(func=run)
 

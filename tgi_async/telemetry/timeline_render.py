@@ -1,5 +1,5 @@
-"""Draw a `Timeline`: a self-contained HTML page (inline SVG, hover for details), an SVG, or a PNG (needs
-matplotlib, imported only for PNG)."""
+"""Draw a `Timeline`: a self-contained HTML page (inline SVG, hover for details), an SVG, or a PNG
+(matplotlib, a main dependency, imported only for PNG)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ COLORS = {
     "prefill": "#e8590c",
     "decode": "#1c7ed6",
     "mixed": "#9c36b5",
-    "wait": "#eeeeee",
     "filter": "#2b8a3e",
 }
 LEGEND = (
@@ -27,7 +26,6 @@ LEGEND = (
     ("prefill", "shard: prefill"),
     ("decode", "shard: decode"),
     ("mixed", "shard: decode + prompt chunk"),
-    ("wait", "shard: call waiting"),
     ("filter", "shard: filter / clear"),
 )
 LABEL_W, PLOT_W, LANE_H, TOP = 190, 1200, 16, 40
@@ -35,7 +33,7 @@ MAX_REQUEST_LANES = 400
 
 
 class PngUnavailableError(RuntimeError):
-    """PNG output asked for without matplotlib installed."""
+    """PNG output asked for where matplotlib is missing (an install that skipped dependencies)."""
 
 
 def render(timeline: Timeline, path: str | Path) -> None:
@@ -103,7 +101,8 @@ def render_html(timeline: Timeline) -> str:
         f'<span><i style="background:{COLORS[k]}"></i>{html.escape(text)}</span>' for k, text in LEGEND
     )
     rows = "\n".join(
-        f"<tr><td>{html.escape(s.request)}</td><td>{(s.start_ns - timeline.start_ns) / 1e6:.1f}</td>"
+        f"<tr><td>{html.escape(', '.join(s.requests))}</td>"
+        f"<td>{(s.start_ns - timeline.start_ns) / 1e6:.1f}</td>"
         f"<td>{(s.end_ns - s.start_ns) / 1e6:.1f}</td><td>{html.escape(s.busy_with)}</td></tr>"
         for s in timeline.stalls[:50]
     )
@@ -128,7 +127,7 @@ td, th {{ border: 1px solid #ddd; padding: 3px 8px; }}
 {clipped}
 {render_svg(timeline)}
 <h3>Longest stalls</h3>
-<table><tr><th>request</th><th>at (ms)</th><th>stalled (ms)</th><th>the shards meanwhile</th></tr>
+<table><tr><th>requests held up</th><th>at (ms)</th><th>stalled (ms)</th><th>the shards meanwhile</th></tr>
 {rows}
 </table>
 </body></html>

@@ -10,11 +10,11 @@ from tgi_async import metrics
 from tgi_async.api import protocol as p
 from tgi_async.api.body import read_json
 from tgi_async.api.errors import JSON_HEADERS, error_response
+from tgi_async.api.openapi import ROUTES
 from tgi_async.api.routes.common import json_response, serving
 from tgi_async.scheduler.request import InferError
 
 router = APIRouter()
-TAG = "Text Generation Inference"
 UNHEALTHY = p.to_json(p.ErrorResponse(error="unhealthy", error_type="healthcheck"))
 
 
@@ -29,41 +29,22 @@ async def _health(request: Request) -> Response:
     return Response(UNHEALTHY, status_code=503, headers=JSON_HEADERS)
 
 
-_HEALTH = {
-    "tags": [TAG],
-    "summary": "Health check method",
-    "responses": {
-        200: {"description": "Everything is working fine"},
-        503: {"model": p.ErrorResponse, "description": "Text generation inference is down"},
-    },
-}
-router.add_api_route("/health", _health, methods=["GET"], **_HEALTH)
+router.add_api_route("/health", _health, methods=["GET"], **ROUTES["health"])
 router.add_api_route("/ping", _health, methods=["GET"], include_in_schema=False)
 router.add_api_route("/", _health, methods=["GET"], include_in_schema=False)
 
 
-@router.get("/info", tags=[TAG], summary="Text Generation Inference endpoint info", response_model=p.Info)
+@router.get("/info", **ROUTES["get_model_info"])
 async def info(request: Request) -> Response:
     return json_response(request.app.state.info)
 
 
-@router.get("/metrics", tags=[TAG], summary="Prometheus metrics scrape endpoint")
+@router.get("/metrics", **ROUTES["metrics"])
 async def get_metrics() -> Response:
     return metrics_response()
 
 
-@router.post(
-    "/tokenize",
-    tags=[TAG],
-    summary="Tokenize inputs",
-    response_model=p.TokenizeResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}},
-        }
-    },
-)
+@router.post("/tokenize", **ROUTES["tokenize"])
 async def tokenize(request: Request) -> Response:
     body = await read_json(request, p.GenerateRequest)
     try:

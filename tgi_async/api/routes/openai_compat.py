@@ -49,6 +49,7 @@ from tgi_async.api.openai_protocol import (
     finish_reason,
     tool_grammar,
 )
+from tgi_async.api.openapi import ROUTES
 from tgi_async.api.routes.common import until_disconnect
 from tgi_async.api.serving import Serving, aclose
 from tgi_async.api.sse import SSEResponse, sse_data, sse_event
@@ -135,7 +136,7 @@ def _openai_error(error: InferError) -> bytes:
 # ---- /v1/chat/completions ----------------------------------------------------------------------------
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", **ROUTES["chat_completions"])
 async def chat_completions(request: Request) -> Response:
     """TGI's `chat_completions` (also reached through /invocations with a `messages` body)."""
     chat = await read_json(request, ChatRequest)
@@ -222,7 +223,7 @@ def _completion_error(message: str, error_type: str) -> Response:
     return Response(body, status_code=422, headers=JSON_HEADERS)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", **ROUTES["completions"])
 async def completions(request: Request) -> Response:
     """TGI's `completions` (also reached through /invocations with a `prompt` body)."""
     completion = await read_json(request, CompletionRequest)
@@ -363,13 +364,13 @@ async def _merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[AsyncItera
 # ---- /v1/models, /chat_tokenize ----------------------------------------------------------------------
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", **ROUTES["openai_get_model_info"])
 async def models(request: Request) -> Response:
     model_id = _config(request).model_id
     return _json(ModelsInfo(data=[ModelInfo(id=model_id, owned_by=model_id)]))
 
 
-@router.post("/chat_tokenize")
+@router.post("/chat_tokenize", **ROUTES["get_chat_tokenize"])
 async def chat_tokenize(request: Request) -> Response:
     """The templated prompt of a chat request and its tokens (TGI's `ChatTokenizeResponse`)."""
     chat = await read_json(request, ChatRequest)

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tgi_async.api import openapi
 from tgi_async.api import protocol as p
 from tgi_async.api.body import DATA_PREFIX, UNSUPPORTED_MEDIA_TYPE, BodyRejection, is_json_content_type
 from tgi_async.api.body import rejection_from_errors as serde_rejection
@@ -86,15 +87,13 @@ async def _generate_request(
 
 @router.post(
     "/vertex",
-    tags=["Text Generation Inference"],
-    summary="Generate tokens from Vertex request",
-    responses={200: {"model": VertexResponse, "description": "Generated Text"}},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VertexRequest"}}},
-        }
-    },
+    # NOTE: as TGI's `google` build documents it (its default build has no /vertex)
+    **openapi.route(
+        "vertex_compatibility",
+        "Generate tokens from Vertex request",
+        {200: {"model": VertexResponse, "description": "Generated Text"}, **openapi.errors()},
+        body="VertexRequest",
+    ),
 )
 async def vertex(request: Request) -> Response:
     if not is_json_content_type(request.headers.get("content-type")):
