@@ -240,3 +240,20 @@ def test_default_parameters_sample():
     # TGI: a request without `parameters` samples; `"parameters": {}` does not
     assert default_parameters().do_sample is True
     assert GenerateParameters().do_sample is False
+
+
+async def test_large_chats_are_templated_in_a_worker_with_the_same_text_and_errors(validator, tiny_tokenizer):
+    from tgi_async.api.chat_template import ChatTemplate, ChatTemplateError
+    from tgi_async.api.openai_protocol import ChatRequest
+    from tgi_async.api.validation import INLINE_RENDER_BYTES
+
+    template = ChatTemplate.from_tokenizer(tiny_tokenizer)
+    chat = ChatRequest.model_validate({"messages": [{"role": "user", "content": "Hé " * 10_000}]})
+    large = INLINE_RENDER_BYTES + 1
+    assert await validator.render(template, chat.messages, None, large) == template.apply(chat.messages)
+    raising = ChatTemplate("{{ raise_exception('no system role') }}")
+    with pytest.raises(ChatTemplateError) as inline:
+        raising.apply(chat.messages)
+    with pytest.raises(ChatTemplateError) as pooled:
+        await validator.render(raising, chat.messages, None, large)
+    assert (pooled.value.message, pooled.value.error_type) == (inline.value.message, inline.value.error_type)
