@@ -97,6 +97,7 @@ bench: install tiny-model
 	$(BIN)/python -m benchmarks.shard_step
 	$(BIN)/python -m benchmarks.router_cpu
 	$(BIN)/python -m benchmarks.schedulers
+	$(BIN)/python -m benchmarks.large_inputs
 	$(BIN)/python -m benchmarks.shard_overlap
 	$(BIN)/python -m benchmarks.grammar_throughput --num-threads 1
 

@@ -49,8 +49,11 @@ def shard_process(model: Path, *extra: str) -> Iterator[tuple[ChildProcess, str]
 
 
 @contextlib.contextmanager
-def router_process(model: Path, shard_socket: str, *args: str) -> Iterator[tuple[ChildProcess, str]]:
-    child, url = start_router(model, shard_socket, *args, cpus=ROUTER_CPUS)
+def router_process(
+    model: Path, shard_socket: str, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[ChildProcess, str]]:
+    """A router on `shard_socket`; `env` (e.g. PYTHONPATH of another checkout) adds to this environment."""
+    child, url = start_router(model, shard_socket, *args, cpus=ROUTER_CPUS, env=env)
     try:
         yield child, url
     finally:

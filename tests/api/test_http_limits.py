@@ -43,12 +43,27 @@ def limited_url(start_router) -> str:
     return start_router(*FLAGS)
 
 
+# TGI v3.3.7's `base_routes` (router/src/server.rs), the only ones behind --api-key
+GUARDED = ("/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions", "/vertex",
+           "/invocations", "/tokenize")  # fmt: skip
+
+
 def test_api_key_guards_generation_routes_only(limited_url):
     with httpx.Client(base_url=limited_url, timeout=60) as http:
         body = {"inputs": "Hello", "parameters": {"max_new_tokens": 1}}
-        for path in ("/generate", "/generate_stream", "/", "/tokenize", "/invocations", "/v1/completions"):
+        for path in GUARDED:
             r = http.post(path, json=body)
             assert (r.status_code, r.content) == (401, b""), path
+        # axum layers a path's 405 fallback too: a wrong method needs the key first (not on `/`, whose
+        # fallback is the open GET route's)
+        assert http.get("/generate").status_code == 401
+        assert http.get("/generate", headers=AUTH).status_code == 405
+        assert http.put("/").status_code == 405
+        # /chat_tokenize is among TGI's open routes, like /info
+        chat = {"messages": [{"role": "user", "content": "Hi"}]}
+        r = http.post("/chat_tokenize", json=chat)
+        assert r.status_code == 200 and r.json()["templated_text"]
+        assert http.get("/v1/models").status_code == 200
         r = http.post("/generate", json=body, headers={"authorization": "Bearer wrong"})
         assert (r.status_code, r.content) == (401, b"")
         assert http.post("/generate", json=body, headers=AUTH).status_code == 200

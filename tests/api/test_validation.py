@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from tgi_async import metrics
 from tgi_async.api.config import ApiConfig
-from tgi_async.api.protocol import GenerateParameters, default_parameters
-from tgi_async.api.validation import DEFAULT_GENERATION_LENGTH, Validator, simple_tokens, single
+from tgi_async.api.protocol import (
+    GenerateParameters,
+    SimpleToken,
+    TokenizeResponse,
+    default_parameters,
+    to_json,
+)
+from tgi_async.api.tokenizer_pool import token_spans, tokens_json
+from tgi_async.api.validation import DEFAULT_GENERATION_LENGTH, INLINE_ENCODE_CHARS, Validator, single
 from tgi_async.scheduler.request import InferError
 
 CONFIG = ApiConfig(
@@ -173,22 +183,77 @@ async def test_metrics_recorded_on_success(validator):
 
 
 async def test_tokenize_reports_utf8_byte_offsets(validator):
-    tokens = await validator.tokenize("Hé café 日本")
-    assert tokens[0].text == "" and (tokens[0].start, tokens[0].stop) == (0, 0)  # BOS
+    tokens = json.loads(await validator.tokenize("Hé café 日本"))
+    assert tokens[0]["text"] == "" and (tokens[0]["start"], tokens[0]["stop"]) == (0, 0)  # BOS
     raw = "Hé café 日本".encode()
     for token in tokens[1:]:
-        assert raw[token.start : token.stop].decode(errors="replace") == token.text
-    assert tokens[-1].stop == len(raw)
+        assert raw[token["start"] : token["stop"]].decode(errors="replace") == token["text"]
+    assert tokens[-1]["stop"] == len(raw)
 
 
-def test_simple_tokens_without_offsets():
-    assert [t.model_dump() for t in simple_tokens([5, 6], [], "ab")] == [
-        {"id": 5, "text": "", "start": 0, "stop": 0},
-        {"id": 6, "text": "", "start": 0, "stop": 0},
-    ]
+def test_token_spans_without_offsets():
+    assert token_spans([5, 6], [], "ab") == [(5, "", 0, 0), (6, "", 0, 0)]
+
+
+def test_tokens_json_is_what_serde_writes(validator):
+    """The hand-written /tokenize body has pydantic's (serde's) bytes: escapes, raw UTF-8, field order."""
+    text = 'a "quoted" \\ back\tslash\n\x01\x1f\x7f é 日本 😀 \u2028'
+    encoding = validator._tokenizer.encode(text)
+    spans = token_spans(encoding.ids, encoding.offsets, text)
+    models = TokenizeResponse([SimpleToken(id=i, text=t, start=a, stop=b) for i, t, a, b in spans])
+    assert tokens_json(validator._tokenizer, text, True) == to_json(models)
+
+
+async def test_long_inputs_are_tokenized_in_worker_processes_with_the_same_answers(validator):
+    text = "Hé café, the quick brown fox. " * 40  # past INLINE_ENCODE_CHARS: a worker process answers
+    assert len(text) > INLINE_ENCODE_CHARS
+    inline = tokens_json(validator._tokenizer, text, True)
+    assert await validator.tokenize(text) == inline
+    ids = [token["id"] for token in json.loads(inline)]
+    request = await validator.validate(text, params(max_new_tokens=1, truncate=10))
+    assert (request.input_length, list(request.input_ids)) == (10, ids[-10:])
+    assert validator.workers._executor is not None  # it did run in the pool
+    message = await error_of(validator, text * 20, max_new_tokens=1)
+    given = len(ids) * 20 - 19  # one BOS
+    assert message == (
+        "`inputs` tokens + `max_new_tokens` must be <= 128. "
+        f"Given: {given} `inputs` tokens and 1 `max_new_tokens`"
+    )
+
+
+async def test_worker_queue_is_bounded(tiny_tokenizer):
+    """Past max_concurrent_requests queued jobs a request is refused (429) instead of held in memory."""
+    config = ApiConfig(model_id="tiny", max_input_tokens=64, max_total_tokens=128, max_concurrent_requests=1)
+    bounded = Validator(tiny_tokenizer, config)
+    try:
+        text = "x" * (INLINE_ENCODE_CHARS + 1)
+        first, second = await asyncio.gather(
+            bounded.tokenize(text), bounded.tokenize(text), return_exceptions=True
+        )
+        assert isinstance(first, bytes)
+        assert isinstance(second, InferError) and second.error_type == "overloaded"
+    finally:
+        bounded.close()
 
 
 def test_default_parameters_sample():
     # TGI: a request without `parameters` samples; `"parameters": {}` does not
     assert default_parameters().do_sample is True
     assert GenerateParameters().do_sample is False
+
+
+async def test_large_chats_are_templated_in_a_worker_with_the_same_text_and_errors(validator, tiny_tokenizer):
+    from tgi_async.api.chat_template import ChatTemplate, ChatTemplateError
+    from tgi_async.api.openai_protocol import ChatRequest
+    from tgi_async.api.validation import INLINE_RENDER_BYTES
+
+    template = ChatTemplate.from_tokenizer(tiny_tokenizer)
+    chat = ChatRequest.model_validate({"messages": [{"role": "user", "content": "Hé " * 10_000}]})
+    large = INLINE_RENDER_BYTES + 1
+    assert await validator.render(template, chat.messages, None, large) == template.apply(chat.messages)
+    raising = ChatTemplate("{{ raise_exception('no system role') }}")
+    with pytest.raises(ChatTemplateError) as inline:
+        raising.apply(chat.messages)
+    with pytest.raises(ChatTemplateError) as pooled:
+        await validator.render(raising, chat.messages, None, large)
+    assert (pooled.value.message, pooled.value.error_type) == (inline.value.message, inline.value.error_type)

@@ -1,6 +1,7 @@
 """The FastAPI application: TGI's routes, middleware and OpenAPI document for one model and scheduler.
 
-Middleware, outermost first: CORS, API key (generation routes), body limit (413), /invocations dispatch.
+Middleware, outermost first: CORS, API key (generation routes), memory release after large bodies, body
+limit (413), /invocations dispatch.
 The OpenAPI document is at /api-doc/openapi.json with Swagger UI at /docs, as in TGI.
 """
 
@@ -22,7 +23,7 @@ from tgi_async.api import docs, openapi
 from tgi_async.api import protocol as p
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import install_handlers
-from tgi_async.api.middleware import ApiKey, BodyLimit, Cors
+from tgi_async.api.middleware import ApiKey, BodyLimit, Cors, ReleaseMemoryAfterLargeBodies
 from tgi_async.api.routes import generate, info, vertex
 from tgi_async.api.routes.invocations import InvocationsDispatch
 from tgi_async.api.serving import Serving
@@ -35,6 +36,7 @@ OPENAPI_URL = "/api-doc/openapi.json"
 OPENAI_ROUTES = "tgi_async.api.routes.openai_compat"
 # Request bodies parsed by hand (body.py) still documented in the OpenAPI components.
 REQUEST_MODELS = (p.GenerateRequest, p.CompatGenerateRequest, vertex.VertexRequest)
+LARGE_BODY_BYTES = 256 * 1024  # after a request this large the router returns freed memory to the OS
 
 
 def build_info(config: ApiConfig, extra_info: dict[str, Any] | None = None) -> p.Info:
@@ -149,6 +151,7 @@ def create_app(
     # add_middleware wraps: the last added runs first
     app.add_middleware(InvocationsDispatch)
     app.add_middleware(BodyLimit, limit=config.payload_limit)
+    app.add_middleware(ReleaseMemoryAfterLargeBodies, threshold=LARGE_BODY_BYTES)
     app.add_middleware(ApiKey, api_key=config.api_key)
     app.add_middleware(Cors, allow_origins=config.cors_allow_origin)
     tracing.install(app)  # outermost: route spans (no-op unless tracing is on)

@@ -25,6 +25,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tgi_async.api.openai_protocol import Message, Tool, compact_json
 
 TEMPLATE_NAME = "<string>"  # minijinja's name for a template built from a string
+TemplateKey = tuple[str, str | None, str | None]  # what builds a ChatTemplate: source, bos, eos
 
 
 @dataclass(eq=False)
@@ -137,6 +138,7 @@ class ChatTemplate:
     """One model's chat template, compiled once; `apply` is pure and thread-safe."""
 
     def __init__(self, source: str, bos_token: str | None = None, eos_token: str | None = None) -> None:
+        self.key: TemplateKey = (source, bos_token, eos_token)  # rebuilds it in a worker process
         self.bos_token = bos_token
         self.eos_token = eos_token
         env = _environment()
@@ -205,4 +207,4 @@ def _token_text(token: Any) -> str | None:
     return token if isinstance(token, str) else getattr(token, "content", str(token))
 
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "TemplateNotFound", "select_template"]
+__all__ = ["ChatTemplate", "ChatTemplateError", "TemplateKey", "TemplateNotFound", "select_template"]

@@ -1,15 +1,20 @@
-"""ASGI middleware with the behaviour of TGI's tower layers: CORS, API key, request body limit."""
+"""ASGI middleware with the behaviour of TGI's tower layers: CORS, API key, request body limit; and one of
+ours that hands the memory of large requests back to the OS."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tgi_async.api.body import PAYLOAD_TOO_LARGE, BodyRejection
+from tgi_async.memory import release_freed_memory
 
-# Routes TGI puts behind --api-key (all POST); health, info and metrics stay open.
-PROTECTED_POST_PATHS = frozenset(
+# Paths TGI puts behind --api-key (its `base_routes`, router/src/server.rs); /chat_tokenize, /health, /info,
+# /metrics and /v1/models stay open. axum layers a path's 405 fallback too, so a wrong method on these paths
+# needs the key as well, except on `/`, whose fallback is that of the open `GET /`.
+PROTECTED_PATHS = frozenset(
     {
         "/",
         "/generate",
@@ -87,8 +92,8 @@ class ApiKey:
         if (
             self.expected is not None
             and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and scope["path"] in PROTECTED_POST_PATHS
+            and scope["path"] in PROTECTED_PATHS
+            and (scope["method"] == "POST" or scope["path"] != "/")
         ):
             given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             try:
@@ -136,3 +141,36 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class ReleaseMemoryAfterLargeBodies:
+    """After a request whose body had `threshold` bytes or more, return freed memory to the OS.
+
+    NOTE: glibc keeps what a large request freed (its body, the strings parsed from it, a large answer)
+    for reuse; a few 1 MB requests left the router's RSS 400 MB above its start. `malloc_trim` runs in a
+    thread (ctypes drops the GIL), one at a time; requests finishing meanwhile need no second one.
+    """
+
+    def __init__(self, app: ASGIApp, threshold: int):
+        self.app = app
+        self.threshold = threshold
+        self._trimming: asyncio.Future[bool] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            if seen >= self.threshold and (self._trimming is None or self._trimming.done()):
+                self._trimming = asyncio.get_running_loop().run_in_executor(None, release_freed_memory)

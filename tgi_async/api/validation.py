@@ -1,31 +1,39 @@
 """Request validation with TGI's rules, order and messages (router/src/validation.rs).
 
 Checks run in TGI's order, so a request with several problems gets the same first error. Tokenization of
-all but short inputs runs on a small thread pool (`validation_workers` threads) so the event loop never
-blocks on it for long. Failures
-raise `InferError(message, "validation")`; the API adds TGI's "Input validation error: " prefix.
+all but short inputs runs in `validation_workers` processes (tokenizer_pool.py), so the event loop never
+does work that grows with the input. Failures raise `InferError(message, "validation")`; the API adds
+TGI's "Input validation error: " prefix.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from tgi_async import metrics
+from tgi_async.api.chat_template import ChatTemplate
 from tgi_async.api.config import ApiConfig
-from tgi_async.api.protocol import GenerateParameters, SimpleToken
+from tgi_async.api.openai_protocol import Message, Tool
+from tgi_async.api.protocol import GenerateParameters
+from tgi_async.api.tokenizer_pool import (
+    Encoded,
+    TokenizerPool,
+    chat_tokens_json,
+    encode,
+    tokens_json,
+)
 from tgi_async.scheduler.request import GenerateRequest, InferError, SamplingParameters, StoppingParameters
 from tgi_async.telemetry.http import traced
 
 # Without an explicit max_new_tokens a request may fill the context, but is scheduled this many tokens at a
 # time (TGI re-queues it with the text so far; see serving.InferStream).
 DEFAULT_GENERATION_LENGTH = 1024
+T = TypeVar("T")
 _F32 = struct.Struct("<f")
 
 
@@ -52,8 +60,10 @@ def backend_tokenizer(tokenizer: Any) -> Any:
     return getattr(tokenizer, "backend_tokenizer", tokenizer)
 
 
-# NOTE: below this many characters encoding takes ~10-40 us on the loop, less than the hop to a worker thread
-# and back; a burst of short requests would otherwise queue behind each other's hops.
+# Chat requests with bodies up to this size are templated on the loop (~50 us for 4 kB).
+INLINE_RENDER_BYTES = 16 * 1024
+# NOTE: below this many characters encoding takes ~10-40 us on the loop, less than the hop to a worker
+# process and back; a burst of short requests would otherwise queue behind each other's hops.
 INLINE_ENCODE_CHARS = 256
 
 
@@ -63,27 +73,67 @@ class Validator:
     def __init__(self, tokenizer: Any, config: ApiConfig):
         self.config = config
         self._tokenizer = backend_tokenizer(tokenizer)
-        self._pool = ThreadPoolExecutor(
-            max(1, config.validation_workers), thread_name_prefix="tgi-validation"
-        )
+        self._workers: TokenizerPool | None = None
+
+    @property
+    def workers(self) -> TokenizerPool:
+        """The worker processes (started with the first input that needs them, or by `start()`)."""
+        if self._workers is None:
+            cfg = self.config
+            self._workers = TokenizerPool(
+                self._tokenizer, cfg.validation_workers, cfg.max_concurrent_requests
+            )
+        return self._workers
+
+    async def start(self) -> None:
+        await self.workers.start()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
 
-    async def encode(self, inputs: str, add_special_tokens: bool = True) -> Any:
-        """The tokenizer's `Encoding` of `inputs` (ids, offsets), computed off the event loop unless short."""
-        encode = partial(self._tokenizer.encode, inputs, add_special_tokens=add_special_tokens)
+    async def _tokenizer_job(
+        self, size: int, inline: Callable[..., T], pooled: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        """`inline(tokenizer, *args)` for short inputs, else `pooled(*args)` in a worker process."""
         try:
-            if len(inputs) <= INLINE_ENCODE_CHARS:
-                return encode()
-            return await asyncio.get_running_loop().run_in_executor(self._pool, encode)
+            if size <= INLINE_ENCODE_CHARS:
+                return inline(self._tokenizer, *args)
+            return await pooled(*args)
+        except InferError:
+            raise
         except Exception as exc:  # the tokenizer's own errors become a validation error, like TGI's
             raise invalid(f"tokenizer error {exc}") from exc
 
-    async def tokenize(self, inputs: str, add_special_tokens: bool = True) -> list[SimpleToken]:
-        """/tokenize's answer: each token with its text and UTF-8 byte offsets into `inputs`."""
-        encoding = await self.encode(inputs, add_special_tokens)
-        return simple_tokens(encoding.ids, encoding.offsets, inputs)
+    async def encode(self, inputs: str, add_special_tokens: bool, truncate: int | None) -> Encoded:
+        """The token count of `inputs` and the ids to schedule (None when over `max_input_tokens`)."""
+        limit = self.config.max_input_tokens
+        args = (inputs, add_special_tokens, truncate, limit)
+        return await self._tokenizer_job(len(inputs), encode, self.workers.encode, *args)
+
+    async def tokenize(self, inputs: str, add_special_tokens: bool = True) -> bytes:
+        """/tokenize's body: each token with its text and UTF-8 byte offsets into `inputs`."""
+        args = (inputs, add_special_tokens)
+        return await self._tokenizer_job(len(inputs), tokens_json, self.workers.tokens_json, *args)
+
+    async def chat_tokenize(self, templated_text: str) -> bytes:
+        """/chat_tokenize's body for a templated prompt."""
+        size = len(templated_text)
+        return await self._tokenizer_job(
+            size, chat_tokens_json, self.workers.chat_tokens_json, templated_text
+        )
+
+    async def render(
+        self,
+        template: ChatTemplate,
+        messages: list[Message],
+        tools: tuple[list[Tool], str] | None,
+        body_size: int,
+    ) -> str:
+        """`template` applied, in a worker when the request body is large (a long template run)."""
+        if body_size <= INLINE_RENDER_BYTES:
+            return template.apply(messages, tools)
+        return await self.workers.render(template, messages, tools)
 
     def validate_best_of(self, best_of: int) -> int:
         if self.config.max_best_of == 1 and best_of != 1:
@@ -152,9 +202,8 @@ class Validator:
             limit = cfg.max_input_tokens
             raise invalid(f"`truncate` must be strictly positive and less than {limit}. Given: {p.truncate}")
 
-        encoding = await self.encode(inputs, add_special_tokens)
-        ids = encoding.ids
-        input_length = len(ids) if p.truncate is None else min(len(ids), p.truncate)
+        encoded = await self.encode(inputs, add_special_tokens, p.truncate)
+        input_length = encoded.length if p.truncate is None else min(encoded.length, p.truncate)
         if p.max_new_tokens is not None:
             max_total_new_tokens = p.max_new_tokens
         else:
@@ -195,27 +244,7 @@ class Validator:
             add_special_tokens=add_special_tokens,
             prefill_logprobs=p.decoder_input_details,
             top_n_tokens=top_n_tokens,
-            input_ids=tuple(ids[len(ids) - input_length :]),
+            input_ids=encoded.ids or (),  # NOTE: None only past max_input_tokens, refused above
             adapter_id=p.adapter_id,
         )
         return ValidatedRequest(request, max_total_new_tokens)
-
-
-def simple_tokens(ids: list[int], offsets: list[tuple[int, int]], inputs: str) -> list[SimpleToken]:
-    """Tokens with TGI's byte offsets (the Rust tokenizer's) and the UTF-8 text between them."""
-    if len(offsets) != len(ids):
-        return [SimpleToken(id=i, text="", start=0, stop=0) for i in ids]
-    raw = inputs.encode()
-    if len(raw) == len(inputs):  # ASCII: character offsets are byte offsets
-        byte_at = None
-    else:
-        byte_at = [0]
-        for char in inputs:
-            byte_at.append(byte_at[-1] + len(char.encode()))
-    tokens = []
-    for token_id, (start, stop) in zip(ids, offsets, strict=True):
-        if byte_at is not None:
-            start, stop = byte_at[min(start, len(inputs))], byte_at[min(stop, len(inputs))]
-        text = raw[start:stop].decode(errors="replace")
-        tokens.append(SimpleToken(id=token_id, text=text, start=start, stop=stop))
-    return tokens

@@ -216,7 +216,11 @@ def start_bundled_shard(
 
 
 def start_router(
-    model_dir: str | Path, shard_socket: str, *args: str, cpus: set[int] | None = None
+    model_dir: str | Path,
+    shard_socket: str,
+    *args: str,
+    cpus: set[int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[ChildProcess, str]:
     """Start `tgi-async router` on a free port against a running shard; returns it and its base URL."""
     port = free_port()
@@ -234,6 +238,6 @@ def start_router(
         str(free_port()),
         *args,
     )
-    child = spawn("router", argv, log_path=Path(short_tmp_dir()) / "router.log", cpus=cpus)
+    child = spawn("router", argv, log_path=Path(short_tmp_dir()) / "router.log", env=env, cpus=cpus)
     wait_for_http(child, f"http://127.0.0.1:{port}/health")
     return child, f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ from tgi_async import event_loop, metrics
 from tgi_async.launcher.config import LaunchError
 from tgi_async.launcher.preflight import check_port_free
 from tgi_async.logs import setup_logging
-from tgi_async.memory import freeze_startup_objects
+from tgi_async.memory import freeze_startup_objects, map_large_allocations
 from tgi_async.router.cli import NOT_APPLICABLE
 from tgi_async.router.http_guard import GuardedHttpToolsProtocol
 from tgi_async.router.http_limits import HttpLimits
@@ -172,6 +172,9 @@ async def _serve(args: argparse.Namespace) -> int:
     servers = [_Server(_uvicorn_config(app, args.hostname, args.port, limits))]
     if args.prometheus_port and args.prometheus_port != args.port:
         servers.append(_Server(_uvicorn_config(metrics_app(), args.hostname, args.prometheus_port, limits)))
+    map_large_allocations()
+    validator = app.state.validator
+    await validator.start()  # the tokenizer workers, before the first large request needs them
     freeze_startup_objects()
     scheduler.start()
     logger.info(
@@ -191,4 +194,5 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         await scheduler.stop()
         await client.close()
+        validator.close()
     return 0

@@ -51,4 +51,4 @@ async def tokenize(request: Request) -> Response:
         tokens = await serving(request).validator.tokenize(body.inputs, body.add_special_tokens)
     except InferError as error:
         return error_response(error)
-    return json_response(p.TokenizeResponse(tokens))
+    return Response(tokens, headers=JSON_HEADERS)

@@ -33,7 +33,6 @@ from tgi_async.api.openai_protocol import (
     ChatCompletionChunk,
     ChatCompletionComplete,
     ChatRequest,
-    ChatTokenizeResponse,
     CompletionChunk,
     CompletionComplete,
     CompletionFinal,
@@ -88,19 +87,20 @@ def chat_template(request: Request) -> ChatTemplate | None:
     return template
 
 
-def _render(
-    template: ChatTemplate | None, chat: ChatRequest, tools: tuple[list[Tool], str] | None = None
-) -> str:
+async def _render(request: Request, chat: ChatRequest, tools: tuple[list[Tool], str] | None = None) -> str:
+    """The chat's prompt; a large request is templated in a validation worker, off the event loop."""
     try:
+        template = chat_template(request)
         if template is None:
             raise TemplateNotFound()
-        return template.apply(chat.messages, tools)
+        body_size = len(await request.body())  # NOTE: read already; Starlette keeps it
+        return await _serving(request).validator.render(template, chat.messages, tools, body_size)
     except ChatTemplateError as exc:
         metrics.REQUEST_FAILURE.labels("template").inc()
         raise InferError(exc.message, exc.error_type) from None
 
 
-def chat_generate_request(template: ChatTemplate | None, chat: ChatRequest) -> p.GenerateRequest:
+async def chat_generate_request(request: Request, chat: ChatRequest) -> p.GenerateRequest:
     """TGI's `ChatRequest::try_into_generate`: the templated prompt and its parameters.
 
     Tools (unless `tool_choice` is `none`) and `response_format` become a grammar, which the validator
@@ -110,12 +110,12 @@ def chat_generate_request(template: ChatTemplate | None, chat: ChatRequest) -> p
         raise InferError("Grammar and tools are mutually exclusive", "tool_error")
     grammar = chat.response_format
     if grammar is not None:
-        inputs = _render(template, chat)
+        inputs = await _render(request, chat)
     elif chat.tools is not None and (selected := tool_grammar(chat.tools, chat.tool_choice)) is not None:
         tools, grammar = selected
-        inputs = _render(template, chat, (tools, chat.tool_prompt or DEFAULT_TOOL_PROMPT))
+        inputs = await _render(request, chat, (tools, chat.tool_prompt or DEFAULT_TOOL_PROMPT))
     else:
-        inputs = _render(template, chat)
+        inputs = await _render(request, chat)
     parameters = p.GenerateParameters(**chat.generate_parameters(grammar))
     return p.GenerateRequest(inputs=inputs, parameters=parameters, add_special_tokens=False)
 
@@ -142,7 +142,7 @@ async def chat_completions(request: Request) -> Response:
     chat = await read_json(request, ChatRequest)
     metrics.REQUEST_COUNT.inc()
     serving, config = _serving(request), _config(request)
-    generate = chat_generate_request(chat_template(request), chat)
+    generate = await chat_generate_request(request, chat)
     model = config.model_id if chat.model in (None, "tgi") else chat.model
     fingerprint = system_fingerprint(config)
     logprobs = bool(chat.logprobs)
@@ -375,6 +375,6 @@ async def chat_tokenize(request: Request) -> Response:
     """The templated prompt of a chat request and its tokens (TGI's `ChatTokenizeResponse`)."""
     chat = await read_json(request, ChatRequest)
     metrics.REQUEST_COUNT.inc()
-    generate = chat_generate_request(chat_template(request), chat)
-    tokens = await _serving(request).validator.tokenize(generate.inputs, add_special_tokens=False)
-    return _json(ChatTokenizeResponse(tokenize_response=tokens, templated_text=generate.inputs))
+    generate = await chat_generate_request(request, chat)
+    body = await _serving(request).validator.chat_tokenize(generate.inputs)
+    return Response(body, headers=JSON_HEADERS)

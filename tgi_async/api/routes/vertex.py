@@ -27,7 +27,7 @@ from tgi_async.api.errors import JSON_HEADERS, error_response
 from tgi_async.api.generation import generate_all
 from tgi_async.api.openai_protocol import ChatRequest
 from tgi_async.api.routes.common import json_response, serving, until_disconnect
-from tgi_async.api.routes.openai_compat import chat_generate_request, chat_template
+from tgi_async.api.routes.openai_compat import chat_generate_request
 from tgi_async.scheduler.request import InferError
 
 router = APIRouter()
@@ -69,9 +69,11 @@ def _vertex_error(status: int, message: str) -> Response:
     return Response(p.to_json(body), status_code=status, headers=JSON_HEADERS)
 
 
-def _generate_request(request: Request, instance: GenerateVertexInstance | ChatRequest) -> p.GenerateRequest:
+async def _generate_request(
+    request: Request, instance: GenerateVertexInstance | ChatRequest
+) -> p.GenerateRequest:
     if isinstance(instance, ChatRequest):
-        return chat_generate_request(chat_template(request), instance)
+        return await chat_generate_request(request, instance)
     given = instance.parameters or p.GenerateParameters()
     parameters = p.GenerateParameters(
         do_sample=True,
@@ -101,7 +103,7 @@ async def vertex(request: Request) -> Response:
         return _vertex_error(422, "Input validation error")
     try:
         # NOTE: a chat instance's template or tool error answers as such, before anything runs (TGI's `?`)
-        requests = [_generate_request(request, instance) for instance in body.instances]
+        requests = [await _generate_request(request, instance) for instance in body.instances]
     except InferError as error:
         return error_response(error)
     try:
