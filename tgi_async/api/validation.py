@@ -19,6 +19,7 @@ from typing import Any
 
 from tgi_async import metrics
 from tgi_async.api.config import ApiConfig
+from tgi_async.api.grammar import grammar_regex
 from tgi_async.api.protocol import GenerateParameters, SimpleToken
 from tgi_async.scheduler.request import GenerateRequest, InferError, SamplingParameters, StoppingParameters
 from tgi_async.telemetry.http import traced
@@ -171,9 +172,8 @@ class Validator:
             )
         metrics.REQUEST_INPUT_LENGTH.observe(input_length)
 
-        if p.grammar is not None:
-            # NOTE: neither the scheduler contract nor the bundled shard carries grammars yet.
-            raise invalid("grammar is not supported")
+        # NOTE: TGI checks the grammar after the prompt, so a request with both problems gets the prompt's.
+        regex = "" if p.grammar is None else grammar_regex(p.grammar, cfg.disable_grammar_support)
 
         metrics.REQUEST_MAX_NEW_TOKENS.observe(max_new_tokens)
         request = GenerateRequest(
@@ -189,6 +189,8 @@ class Validator:
                 repetition_penalty=repetition_penalty,
                 frequency_penalty=frequency_penalty,
                 watermark=p.watermark,
+                grammar=regex,
+                grammar_type="none" if p.grammar is None else "regex",
             ),
             stopping=StoppingParameters(max_new_tokens=max_new_tokens, stop_sequences=tuple(p.stop)),
             truncate=cfg.max_input_tokens if p.truncate is None else p.truncate,
