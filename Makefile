@@ -82,6 +82,7 @@ bench: install tiny-model
 	$(BIN)/python -m benchmarks.shard_step
 	$(BIN)/python -m benchmarks.router_cpu
 	$(BIN)/python -m benchmarks.schedulers
+	$(BIN)/python -m benchmarks.grammar_throughput --num-threads 1
 
 clean:
 	rm -rf $(VENV) $(CACHE_DIR) .pytest_cache .ruff_cache

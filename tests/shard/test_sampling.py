@@ -270,8 +270,8 @@ def test_greedy_rows_are_independent_of_their_batch(tokenizer):
         ({"typical_p": 2.0}, "typical_p"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"frequency_penalty": float("inf")}, "frequency_penalty"),
-        ({"grammar": "[a-z]+", "grammar_type": pb.GRAMMAR_TYPE_REGEX}, "grammar"),
-        ({"grammar_type": pb.GRAMMAR_TYPE_JSON}, "grammar"),
+        ({"grammar": "[a-z", "grammar_type": pb.GRAMMAR_TYPE_REGEX}, "invalid grammar"),
+        ({"grammar": "{", "grammar_type": pb.GRAMMAR_TYPE_JSON}, "invalid grammar"),
     ],
 )
 def test_invalid_parameters_name_the_field(tokenizer, overrides, field):

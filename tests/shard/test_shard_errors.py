@@ -97,7 +97,7 @@ async def test_bad_filters(stub, live):
         (lambda r: r.slots.__setitem__(0, 1 << 30), "out of range"),
         (lambda r: r.ClearField("slots") or r.slots.extend([16, 17]), "2 slots"),
         (lambda r: r.parameters.CopyFrom(pb.NextTokenChooserParameters()), "all zeros"),
-        (lambda r: setattr(r.parameters, "grammar", '{"type": "object"}'), "grammar"),
+        (lambda r: setattr(r.parameters, "grammar", "[unclosed"), "invalid grammar (regex)"),
         (lambda r: setattr(r.parameters, "temperature", -1.0), "temperature"),
         (lambda r: setattr(r.stopping_parameters, "max_new_tokens", 0), "max_new_tokens"),
         (lambda r: setattr(r, "cache_len", 50), "cache_len"),

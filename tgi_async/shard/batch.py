@@ -20,6 +20,7 @@ import torch
 from tgi_async.proto import pb
 from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.detokenize import IncrementalDetokenizer
+from tgi_async.shard.grammar import RowError, row_grammars
 from tgi_async.shard.kv_cache import BLOCK_SIZE
 from tgi_async.shard.prompt import BatchError, prompt_ids
 from tgi_async.shard.sampling import BatchSampler, row_parameters
@@ -167,11 +168,16 @@ class ShardBatch:
             state = _request_state(request, tokenizer, limits, next_block if place else None)
             next_block += state.num_blocks
             requests.append(state)
+        # NOTE: last: compiling a new grammar is the costly check (cached per grammar text).
+        try:
+            grammars = row_grammars([row.grammar for row in rows], tokenizer)
+        except RowError as exc:
+            raise BatchError(f"request {message.requests[exc.row].id}: {exc}") from None
         width = max(len(r.slots) for r in requests)
         table = torch.zeros(len(requests), width, dtype=torch.long)
         for i, r in enumerate(requests):
             table[i, : len(r.slots)] = torch.tensor(r.slots, dtype=torch.long)
-        sampler = BatchSampler(rows, limits.device)
+        sampler = BatchSampler(rows, limits.device, grammars=grammars)
         return cls(id=message.id, requests=requests, sampler=sampler, slot_table=table.to(limits.device))
 
 

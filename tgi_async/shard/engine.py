@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from tgi_async.proto import pb
-from tgi_async.shard import attention
+from tgi_async.shard import attention, grammar
 from tgi_async.shard.batch import Limits, RequestState, ShardBatch
 from tgi_async.shard.decode_context import DecodeContext
 from tgi_async.shard.detokenize import token_texts
@@ -33,7 +33,7 @@ from tgi_async.shard.kv_cache import (
     available_cpu_memory,
     blocks_for_budget,
 )
-from tgi_async.shard.sampling import top_n_tokens
+from tgi_async.shard.sampling import BatchSampler, top_n_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class Engine:
     def warmup(self, request: pb.WarmupRequest) -> pb.WarmupResponse:
         """Size the cache, run warmup's batch for real (its largest prefill), report the token limits."""
         self.max_prefill_tokens = request.max_prefill_tokens or None
+        _prepare_grammars(self.tokenizer)
         unbounded = Limits(1 << 62, self.eos_token_ids, self.device)
         batch = ShardBatch.from_pb(request.batch, self.tokenizer, unbounded, place=True)
         needed = sum(r.num_blocks for r in batch.requests)
@@ -229,6 +230,10 @@ class Engine:
             last_row.append(len(keep) - 1)
         device = self.device
         position_tensor = torch.tensor(positions, dtype=torch.long, device=device)
+        producing = [j for j, r in enumerate(requests) if _produces(r)]
+        sampler = _producing_sampler(batch, active, producing)
+        # NOTE: grammar masks depend only on tokens already chosen: computed while the forward runs.
+        grammar_masks = sampler.start_grammar_masks() if sampler is not None else None
         table = batch.slot_table if len(active) == len(batch) else batch.slot_table[active]
         dense = self._decode_context(batch, requests)
         layout = attention.build_layout(
@@ -249,8 +254,7 @@ class Engine:
             dense.end_step()
         logits = output.logits[0]
 
-        producing = [j for j, r in enumerate(requests) if _produces(r)]
-        sampled = self._sample(batch, active, requests, producing, logits, last_row)
+        sampled = self._sample(sampler, requests, producing, logits, last_row, grammar_masks)
         prompt_logprobs = self._prefill_logprobs(requests, logits, last_row)
         start_decode = time.perf_counter_ns()
 
@@ -282,14 +286,13 @@ class Engine:
             context.start_step()
         return context
 
-    def _sample(self, batch, active, requests, producing, logits, last_row):
+    def _sample(self, sampler, requests, producing, logits, last_row, grammar_masks):
         """{request index: (token id, logprob, top tokens or None)} for the requests that produce a token."""
         if not producing:
             return {}
-        rows = [active[j] for j in producing]
-        sampler = batch.sampler if rows == list(range(len(batch))) else batch.sampler.filter(rows)
         index = torch.tensor([last_row[j] for j in producing], dtype=torch.long, device=logits.device)
-        out = sampler(logits.index_select(0, index).float(), [requests[j].all_ids for j in producing])
+        histories = [requests[j].all_ids for j in producing]
+        out = sampler(logits.index_select(0, index).float(), histories, grammar_masks)
         chosen = out.logprobs.gather(1, out.next_ids[:, None])[:, 0]
         top_n = [requests[j].top_n_tokens for j in producing]
         tops = top_n_tokens(out.logprobs, top_n) if any(top_n) else [None] * len(producing)
@@ -351,6 +354,23 @@ class Engine:
             chunk = max(min(r.prompt_len - r.cache_len, budget), 1)
             r.chunk_len = int(chunk)
             budget -= chunk
+
+
+def _prepare_grammars(tokenizer) -> None:
+    """Build the grammar library's vocabulary table now (~0.3 s at 32k tokens) rather than on the first
+    grammar request; a tokenizer it cannot read only loses grammar support."""
+    try:
+        grammar.compiler_for(tokenizer)
+    except Exception:
+        logger.warning("grammars unavailable for this tokenizer", exc_info=True)
+
+
+def _producing_sampler(batch: ShardBatch, active: list[int], producing: list[int]) -> BatchSampler | None:
+    """The sampler of the batch rows that produce a token this step (sharing their per-request state)."""
+    if not producing:
+        return None
+    rows = [active[j] for j in producing]
+    return batch.sampler if rows == list(range(len(batch))) else batch.sampler.filter(rows)
 
 
 def _produces(r: RequestState) -> bool:

@@ -1,10 +1,11 @@
 """The next-token chooser of a batch: TGI's HeterogeneousNextTokenChooser semantics, our own batched code.
 
-Per row, in TGI's order: watermark, repetition penalty, frequency penalty, logit bias, then the warpers
-temperature, top-k, top-p, typical-p. A row samples when it asked for `do_sample` or enabled any warper (as
-TGI does); it samples with its own `torch.Generator` seeded with its seed, so a seed reproduces the same
-tokens whatever the batch around it. Other rows take the argmax. `logprobs` are the log-softmax of the
-processed scores the choice was made from.
+Per row, in TGI's order: watermark, repetition penalty, frequency penalty, logit bias, the grammar's mask
+(tgi_async/shard/grammar.py), then the warpers temperature, top-k, top-p, typical-p, so greedy and seeded
+sampling both obey the grammar. A row samples when it asked for `do_sample` or enabled any warper (as TGI
+does); it samples with its own `torch.Generator` seeded with its seed, so a seed reproduces the same tokens
+whatever the batch around it. Other rows take the argmax. `logprobs` are the log-softmax of the processed
+scores the choice was made from.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import NamedTuple
@@ -19,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from tgi_async.proto import pb
+from tgi_async.shard import grammar as gr
 from tgi_async.shard import logits_process as lp
 from tgi_async.shard.token_counts import TokenCounts, batch_counts
 
@@ -40,6 +43,7 @@ class RowParameters:
     frequency_penalty: float = 0.0
     watermark: tuple[float, float] | None = None  # (gamma, delta) when watermarking
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    grammar: gr.GrammarSpec | None = None
 
     @property
     def has_warpers(self) -> bool:
@@ -103,8 +107,6 @@ def row_parameters(message: pb.NextTokenChooserParameters, tokenizer) -> RowPara
             "NextTokenChooserParameters is empty (all zeros): send complete parameters "
             "(greedy: temperature=1, top_p=1, typical_p=1, top_k=0, repetition_penalty=1)"
         )
-    if message.grammar or message.grammar_type != pb.GRAMMAR_TYPE_NONE:
-        raise ValueError("grammar is not supported by the bundled shard")
     checks = (
         ("temperature", message.temperature, message.temperature > 0, "> 0"),
         ("top_p", message.top_p, 0 < message.top_p <= 1, "in (0, 1]"),
@@ -126,6 +128,7 @@ def row_parameters(message: pb.NextTokenChooserParameters, tokenizer) -> RowPara
         watermark=watermark_settings() if message.watermark else None,
         # NOTE: generate.v3 as TGI 3.3 ships it has no logit_bias; read it where a build of the proto has one.
         logit_bias=parse_logit_bias(getattr(message, "logit_bias", {}), tokenizer),
+        grammar=gr.grammar_spec(message),
     )
     return replace(row, do_sample=message.do_sample or row.has_warpers)
 
@@ -155,6 +158,7 @@ class BatchSampler:
         device: torch.device | str = "cpu",
         generators: Sequence[torch.Generator | None] | None = None,
         counts: Sequence[TokenCounts | None] | None = None,
+        grammars: Sequence[gr.RowGrammar | None] | None = None,
     ):
         self.rows = tuple(rows)
         self.device = torch.device(device)
@@ -168,6 +172,13 @@ class BatchSampler:
         self.counts = list(counts)
         if len(self.counts) != len(self.rows):
             raise ValueError("one token-count slot per row is required")
+        self.grammars = list(grammars) if grammars is not None else [None] * len(self.rows)
+        if len(self.grammars) != len(self.rows):
+            raise ValueError("one grammar slot per row is required")
+        if any(
+            row.grammar is not None and g is None for row, g in zip(self.rows, self.grammars, strict=True)
+        ):
+            raise ValueError("every row with a grammar needs its grammar state (see row_grammars)")
         self.seeds = [row.seed for row in self.rows]
         self.do_sample = [row.do_sample for row in self.rows]
         self._prepare()
@@ -178,7 +189,7 @@ class BatchSampler:
     ) -> BatchSampler:
         """Validate every request first (ValueError, nothing built), then build the batch's sampler."""
         rows = [row_parameters(message, tokenizer) for message in params]
-        return cls(rows, device)
+        return cls(rows, device, grammars=gr.row_grammars([row.grammar for row in rows], tokenizer))
 
     @classmethod
     def concatenate(cls, samplers: Sequence[BatchSampler]) -> BatchSampler:
@@ -187,7 +198,8 @@ class BatchSampler:
         rows = [row for sampler in samplers for row in sampler.rows]
         generators = [g for sampler in samplers for g in sampler.generators]
         counts = [c for sampler in samplers for c in sampler.counts]
-        return cls(rows, samplers[0].device, generators, counts)
+        grammars = [g for sampler in samplers for g in sampler.grammars]
+        return cls(rows, samplers[0].device, generators, counts, grammars)
 
     def filter(self, indices: Sequence[int]) -> BatchSampler:
         """The sampler of the rows at `indices`, in that order."""
@@ -197,6 +209,7 @@ class BatchSampler:
             self.device,
             [self.generators[i] for i in indices],
             [self.counts[i] for i in indices],
+            [self.grammars[i] for i in indices],
         )
 
     def __len__(self) -> int:
@@ -249,12 +262,31 @@ class BatchSampler:
             (lp.typical_p, self._feature([r.typical_p for r in rows], 1.0)),
         ]
         self._warpers = [(warp, feature) for warp, feature in warpers if feature is not None]
+        self._grammar_rows = [i for i, g in enumerate(self.grammars) if g is not None]
+        self._grammar_index = torch.tensor(self._grammar_rows, dtype=torch.long, device=self.device)
         self._plain_greedy = not (
-            self._sample_rows or self._penalty_rows or self._watermark_rows or self._bias is not None
+            self._sample_rows
+            or self._penalty_rows
+            or self._watermark_rows
+            or self._bias is not None
+            or self._grammar_rows
         )
 
-    def __call__(self, logits: torch.Tensor, histories: Sequence[Sequence[int]]) -> SampleOutput:
-        """Choose each row's next token from `logits[B, V]`; `histories`: prompt + generated ids per row."""
+    def start_grammar_masks(self) -> Future | None:
+        """Start computing this step's grammar masks (None: no grammar rows); give the result to `__call__`.
+
+        NOTE: the masks depend only on the tokens chosen so far, so they can be computed during the forward.
+        """
+        if not self._grammar_rows:
+            return None
+        return gr.start_masks([self.grammars[i] for i in self._grammar_rows])
+
+    def __call__(
+        self, logits: torch.Tensor, histories: Sequence[Sequence[int]], grammar_masks: Future | None = None
+    ) -> SampleOutput:
+        """Choose each row's next token from `logits[B, V]`; `histories`: prompt + generated ids per row;
+        `grammar_masks`: from `start_grammar_masks` (computed here when not given). Grammar rows advance by
+        the token chosen."""
         if logits.dim() != 2 or logits.shape[0] != len(self.rows):
             raise ValueError(f"logits must be [{len(self.rows)}, V], got {list(logits.shape)}")
         if len(histories) != len(self.rows):
@@ -263,13 +295,18 @@ class BatchSampler:
         # NOTE: max(dim).indices, not argmax: the same first maximum, ~3x cheaper on CPU
         if self._plain_greedy:
             return SampleOutput(scores.max(dim=-1).indices, torch.log_softmax(scores, dim=-1))
-        scores = self._process(scores, histories)
+        scores = self._process(scores, histories, grammar_masks)
         next_ids = scores.max(dim=-1).indices
         if self._sample_rows:
             next_ids[self._sample_rows] = self._sample(scores[self._sample_rows])
+        if self._grammar_rows:
+            chosen = next_ids.index_select(0, self._grammar_index).tolist()
+            gr.advance([self.grammars[i] for i in self._grammar_rows], chosen)
         return SampleOutput(next_ids, torch.log_softmax(scores, dim=-1))
 
-    def _process(self, scores: torch.Tensor, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+    def _process(
+        self, scores: torch.Tensor, histories: Sequence[Sequence[int]], grammar_masks: Future | None
+    ) -> torch.Tensor:
         # NOTE: a row without history has no previous token to seed its green list and is left as is.
         marked = [i for i in self._watermark_rows if len(histories[i]) > 0]
         if marked:
@@ -280,6 +317,10 @@ class BatchSampler:
             scores = self._penalize(scores, histories)
         if self._bias is not None:
             scores = lp.logit_bias(scores, *self._bias)
+        if self._grammar_rows:
+            grammars = [self.grammars[i] for i in self._grammar_rows]
+            masks = grammar_masks.result() if grammar_masks is not None else gr.compute_masks(grammars)
+            scores = gr.apply(scores, self._grammar_index, masks, grammars[0].compiler.eos_token_id)
         for warp, feature in self._warpers:
             if feature.rows is None:
                 scores = warp(scores, feature.values)
