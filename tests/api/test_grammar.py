@@ -8,9 +8,10 @@ import json
 import pytest
 
 from tests.api.test_openai_protocol import WEATHER
+from tgi_async.api.body import DATA_PREFIX, BodyRejection, parse_json
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.openai_protocol import ToolChoice
-from tgi_async.api.protocol import GenerateParameters, Grammar
+from tgi_async.api.protocol import GenerateParameters, GenerateRequest, Grammar
 from tgi_async.api.tool_calls import tool_grammar
 from tgi_async.api.validation import Validator
 from tgi_async.scheduler.request import InferError
@@ -121,3 +122,25 @@ async def test_the_prompt_is_checked_before_the_grammar(validator, disabled):
     bad = {"type": "json", "value": {"type": "object"}}
     assert await error_of(validator, bad, inputs="") == "`inputs` cannot be empty"
     assert (await error_of(disabled, bad, inputs="word " * 5000)).startswith("`inputs` tokens + ")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"type": "regex", "value": 5},
+            "parameters.grammar.value: invalid type: integer `5`, expected a string",
+        ),
+        ({"type": "json_schema", "value": {"name": "x"}}, "parameters.grammar.value: missing field `schema`"),
+        (
+            {"type": "json_schema", "value": 3},
+            "parameters.grammar.value: invalid type: integer `3`, expected ",
+        ),
+        ({"type": "json_schema", "json_schema": {"schema": {}}}, "parameters.grammar: missing field `value`"),
+    ],
+)
+def test_grammar_bodies_of_the_wrong_shape_are_refused_like_serde(body: dict, message: str) -> None:
+    with pytest.raises(BodyRejection) as info:
+        parse_json(json.dumps({"inputs": "a", "parameters": {"grammar": body}}).encode(), GenerateRequest)
+    assert info.value.status == 422
+    assert info.value.text.startswith(DATA_PREFIX + message)
