@@ -153,6 +153,16 @@ def compiler_for(tokenizer) -> GrammarCompiler:
     return GrammarCompiler(tokenizer)
 
 
+def compiler_or_none(tokenizer) -> GrammarCompiler | None:
+    """The tokenizer's compiler, or None (logged) if xgrammar cannot read it: grammar requests then fail
+    with the reason, others are served."""
+    try:
+        return compiler_for(tokenizer)
+    except Exception:
+        logger.warning("grammars unavailable for this tokenizer", exc_info=True)
+        return None
+
+
 @dataclass(slots=True)
 class RowGrammar:
     """One request's grammar state (mutated as it generates; shared, never copied)."""
@@ -261,6 +271,7 @@ __all__ = [
     "advance",
     "apply",
     "compiler_for",
+    "compiler_or_none",
     "compute_masks",
     "grammar_spec",
     "row_grammars",

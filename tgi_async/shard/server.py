@@ -79,6 +79,8 @@ class ShardService:
         return await self._on_model_thread(context, "Warmup", self._warmup, request)
 
     async def Prefill(self, request: pb.PrefillRequest, context) -> pb.PrefillResponse:
+        # NOTE: new grammars start compiling now, while this Prefill may still wait behind a Decode.
+        self.engine.prefetch_grammars(request.batch)
         return await self._on_model_thread(context, "Prefill", self._prefill, request)
 
     async def Decode(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:
