@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -79,3 +80,27 @@ def test_unreadable_tokenizer_fails_the_row_clearly(monkeypatch, tokenizer):
     with pytest.raises(gr.RowError, match="not supported with this tokenizer: no vocabulary") as info:
         gr.row_grammars([None, gr.GrammarSpec("regex", "a")], tokenizer)
     assert info.value.row == 1
+
+
+class _DoneAtOnce:
+    """An executor whose futures are done before `submit` returns (a compilation that fails at once)."""
+
+    def submit(self, fn, *args):
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+@pytest.mark.timeout(30)
+def test_a_compilation_failing_at_once_is_reported_and_cached(tokenizer, monkeypatch):
+    compiler = gr.GrammarCompiler(tokenizer)
+    monkeypatch.setattr(compiler, "_pool", _DoneAtOnce())
+    for _ in range(2):  # again: from the cache
+        with pytest.raises(ValueError, match=r"invalid grammar \(regex\)"):
+            compiler.start(gr.GrammarSpec("regex", "[a-"))
+    assert compiler.start(gr.GrammarSpec("regex", "a+")).matcher.accept_token(
+        tokenizer.convert_tokens_to_ids("a")
+    )

@@ -29,7 +29,7 @@ from tgi_async.proto import pb
 
 logger = logging.getLogger(__name__)
 
-COMPILED_CACHE_SIZE = 128
+COMPILED_CACHE_SIZE = 32  # as TGI's lru_cache of compiled FSMs
 COMPILE_THREADS = 4
 # NOTE: xgrammar's worker threads for a batch's masks: a quarter of the cores (a 2-core machine: the grammar
 # thread alone; there, more threads made decoding at batch 64 ~25 % slower: they compete with the forward).
@@ -106,18 +106,12 @@ class GrammarCompiler:
             if future is not None:
                 self._compiled.move_to_end(spec)
                 return future
+            # NOTE: a failed compilation stays cached too: the same text fails the same way.
             future = self._pool.submit(self._compile, spec)
-            future.add_done_callback(lambda done: self._forget_failure(spec, done))
             self._compiled[spec] = future
             while len(self._compiled) > COMPILED_CACHE_SIZE:
                 self._compiled.popitem(last=False)
             return future
-
-    def _forget_failure(self, spec: GrammarSpec, future: Future) -> None:
-        if future.exception() is not None:
-            with self._lock:
-                if self._compiled.get(spec) is future:
-                    del self._compiled[spec]
 
     def _compile(self, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
         try:
@@ -203,6 +197,7 @@ class RowError(ValueError):
 
 _mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-masks")
 _batch_matcher: xgrammar.BatchGrammarMatcher | None = None
+_fill_lock = threading.Lock()  # inline and threaded fills never share xgrammar's batch matcher at once
 
 
 def compute_masks(grammars: Sequence[RowGrammar]) -> torch.Tensor:
@@ -211,15 +206,18 @@ def compute_masks(grammars: Sequence[RowGrammar]) -> torch.Tensor:
     compiler = grammars[0].compiler
     bitmask = torch.zeros((len(grammars), (compiler.vocab_size + 31) // 32), dtype=torch.int32)
     live = [row for row, g in enumerate(grammars) if not g.matcher.is_terminated()]
+    eos = compiler.eos_token_id
     for row in sorted(set(range(len(grammars))) - set(live)):
-        eos = compiler.eos_token_id
-        bitmask[row].view(torch.uint8)[eos // 8] = 1 << (eos % 8)
-    if len(live) == 1:
-        grammars[live[0]].matcher.fill_next_token_bitmask(bitmask, live[0])
-    elif live:
-        if _batch_matcher is None:
-            _batch_matcher = xgrammar.BatchGrammarMatcher(MASK_THREADS)
-        _batch_matcher.batch_fill_next_token_bitmask([grammars[r].matcher for r in live], bitmask, live)
+        if eos is not None:
+            bitmask[row].view(torch.uint8)[eos // 8] = 1 << (eos % 8)
+    with _fill_lock:
+        if len(live) == 1:
+            grammars[live[0]].matcher.fill_next_token_bitmask(bitmask, live[0])
+        elif live:
+            if _batch_matcher is None:
+                _batch_matcher = xgrammar.BatchGrammarMatcher(MASK_THREADS)
+            matchers = [grammars[r].matcher for r in live]
+            _batch_matcher.batch_fill_next_token_bitmask(matchers, bitmask, live)
     return bitmask
 
 
@@ -231,7 +229,9 @@ def start_masks(grammars: Sequence[RowGrammar]) -> Future | None:
     return _mask_thread.submit(compute_masks, list(grammars))
 
 
-def apply(scores: torch.Tensor, rows: torch.Tensor, bitmask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+def apply(
+    scores: torch.Tensor, rows: torch.Tensor, bitmask: torch.Tensor, eos_token_id: int | None
+) -> torch.Tensor:
     """`scores` with -inf where the grammar of each of `rows` (row r of `bitmask` for rows[r]) forbids.
 
     Ids past the grammar's vocabulary (a padded model head) are forbidden. A row whose mask allows nothing
@@ -243,7 +243,8 @@ def apply(scores: torch.Tensor, rows: torch.Tensor, bitmask: torch.Tensor, eos_t
     if allowed.shape[1] < vocab_size:
         allowed = torch.nn.functional.pad(allowed, (0, vocab_size - allowed.shape[1]))
     allowed = allowed[:, :vocab_size]
-    allowed[:, eos_token_id] |= ~allowed.any(dim=-1)
+    if eos_token_id is not None:
+        allowed[:, eos_token_id] |= ~allowed.any(dim=-1)
     sub = scores.index_select(0, rows).masked_fill(~allowed, _NEG_INF)
     return scores.index_copy(0, rows, sub)
 
