@@ -204,7 +204,10 @@ def test_best_of(http):
             {"best_of": 3, "do_sample": True},
             "Input validation error: `best_of` must be > 0 and <= 2. Given: 3",
         ),
-        ({"grammar": {"type": "regex", "value": "a"}}, "Input validation error: grammar is not supported"),
+        (
+            {"grammar": {"type": "json", "value": {"type": "object"}}},
+            "Input validation error: grammar is not valid: Grammar must have a 'properties' field",
+        ),
     ],
 )
 def test_validation_errors(http, parameters, message):

@@ -193,26 +193,36 @@ def test_tool_choice_none_generates_like_no_tools(openai_client: OpenAI) -> None
     assert with_none.choices[0].message.content == plain.choices[0].message.content
 
 
-def test_tools_need_grammar_which_is_refused(openai_client: OpenAI, router_url: str) -> None:
+def test_disabled_grammar_support_refuses_tools_like_tgi(start_router) -> None:
+    url = start_router("--disable-grammar-support")
+    client = OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=60)
     tools = [
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     ]
     with pytest.raises(UnprocessableEntityError) as info:
-        openai_client.chat.completions.create(model="tgi", messages=MESSAGES, tools=tools, **GREEDY)
+        client.chat.completions.create(model="tgi", messages=MESSAGES, tools=tools, **GREEDY)
     assert info.value.response.json() == {
         "error": "Input validation error: grammar is not supported",
         "error_type": "validation",
     }
     # streamed, TGI reports the same validation error inside a 200 stream, then [DONE]
     body = {"messages": MESSAGES, "tools": tools, "stream": True, **GREEDY}
-    response = httpx.post(f"{router_url}/v1/chat/completions", json=body, timeout=60)
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 200
     assert response.content == (
         b'data: {"error":{"message":"Input validation error: grammar is not supported",'
         b'"http_status_code":422}}\n\ndata: [DONE]\n\n'
     )
     with pytest.raises(APIError, match="grammar is not supported"):
-        list(openai_client.chat.completions.create(model="tgi", messages=MESSAGES, tools=tools, stream=True))
+        list(client.chat.completions.create(model="tgi", messages=MESSAGES, tools=tools, stream=True))
+    grammar = {"type": "regex", "value": "a+"}
+    response = httpx.post(f"{url}/generate", json={"inputs": "a", "parameters": {"grammar": grammar}})
+    assert (response.status_code, response.json()["error"]) == (
+        422,
+        "Input validation error: grammar is not supported",
+    )
+    # no grammar: served as usual
+    assert client.chat.completions.create(model="tgi", messages=MESSAGES, **GREEDY).choices
 
 
 @pytest.mark.parametrize(
@@ -226,8 +236,8 @@ def test_tools_need_grammar_which_is_refused(openai_client: OpenAI, router_url: 
             "Input validation error: `stop` supports up to 4 stop sequences. Given: 5",
         ),
         (
-            {"response_format": {"type": "json", "value": {"properties": {}}}},
-            "Input validation error: grammar is not supported",
+            {"response_format": {"type": "json", "value": {"type": "object"}}},
+            "Input validation error: grammar is not valid: Grammar must have a 'properties' field",
         ),
         (
             {"tools": [], "response_format": {"type": "json", "value": {}}},

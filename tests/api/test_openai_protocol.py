@@ -22,9 +22,9 @@ from tgi_async.api.openai_protocol import (
     TopLogprob,
     Usage,
     finish_reason,
-    tool_grammar,
 )
 from tgi_async.api.protocol import f32
+from tgi_async.api.tool_calls import tool_grammar
 from tgi_async.scheduler.request import InferError
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -195,6 +195,7 @@ def test_tool_grammar_follows_tgi() -> None:
     assert grammar.value["properties"] == {
         "function": {"anyOf": [{"$ref": "#/$functions/weather"}, {"$ref": "#/$functions/no_tool"}]}
     }
+    assert grammar.value["required"] == ["function"]  # beyond TGI (tool_calls.tool_grammar)
     assert grammar.value["$functions"]["weather"] == {
         "description": "Get the weather",
         "additionalProperties": False,

@@ -70,7 +70,6 @@ async def error_of(validator: Validator, inputs: str = "Hello world", **kwargs) 
             "`inputs` tokens + `max_new_tokens` must be <= 128. "
             "Given: 5 `inputs` tokens and 126 `max_new_tokens`",
         ),
-        ({"grammar": {"type": "regex", "value": "a+"}}, "grammar is not supported"),
     ],
 )
 async def test_rules_and_messages(validator, tiny_tokenizer, kwargs, message):

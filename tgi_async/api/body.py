@@ -141,6 +141,8 @@ def serde_message(error: dict[str, Any]) -> str:
     value = error.get("input")
     if kind == "missing":
         path, text = _path(loc[:-1]), f"missing field `{loc[-1] if loc else ''}`"
+    elif kind == "serde_message":  # a validator's own serde-worded text
+        path, text = _path(loc), str(error.get("msg", ""))
     elif kind.startswith(("greater_than", "less_than")) and isinstance(value, int):
         path, text = _path(loc), f"invalid value: {_unexpected(value)}, expected {_expected(error)}"
     elif kind == "literal_error":

@@ -25,7 +25,7 @@ from pydantic_core import CoreSchema
 from typing_extensions import TypeAliasType
 
 from tgi_async.api.protocol import Grammar, SimpleToken
-from tgi_async.scheduler.request import FinishReason, InferError
+from tgi_async.scheduler.request import FinishReason
 
 U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 U64 = Annotated[int, Field(ge=0, le=2**64 - 1)]
@@ -222,54 +222,6 @@ class ChatRequest(_Request):
         }
 
 
-NO_TOOL = Tool(
-    type="function",
-    function=FunctionDefinition(
-        name="no_tool",
-        description="Open ended response with no specific tool selected",
-        arguments={"type": "object"},
-    ),
-)
-
-
-def tool_grammar(tools: list[Tool], choice: ToolChoice) -> tuple[list[Tool], Grammar] | None:
-    """TGI's `ToolGrammar::apply`: the tools offered to the model and the JSON grammar of a call.
-
-    None when no tool is to be used (`tool_choice: none`). `auto` adds TGI's `no_tool` function.
-    Raises `InferError` (`tool_error`) for a chosen function that is not among `tools`.
-    """
-    if choice.kind == "none":
-        return None
-    if choice.kind == "function":
-        chosen = [tool for tool in tools if tool.function.name == choice.name]
-        if not chosen:
-            raise InferError(f"Tool with name {choice.name} not found", "tool_error")
-        tools = chosen[:1]
-    elif choice.kind == "auto":
-        tools = [*tools, NO_TOOL]
-    if not tools:
-        return None
-    functions = {}
-    for tool in tools:
-        arguments = tool.function.arguments
-        properties: dict[str, Any] = {"_name": {"type": "string", "const": tool.function.name}}
-        required: list[Any] = ["_name"]
-        schema: dict[str, Any] = {"description": tool.function.description or ""}
-        if isinstance(arguments, dict):
-            if isinstance(arguments.get("properties"), dict):
-                properties.update(arguments["properties"])
-            if isinstance(arguments.get("required"), list):
-                required.extend(arguments["required"])
-            schema["additionalProperties"] = arguments.get("additionalProperties") == "true"
-        schema["properties"] = properties
-        schema["required"] = required
-        functions[tool.function.name] = schema
-    refs = [{"$ref": f"#/$functions/{tool.function.name}"} for tool in tools]
-    return tools, Grammar(
-        type="json", value={"$functions": functions, "properties": {"function": {"anyOf": refs}}}
-    )
-
-
 # NOTE: a named alias so the OpenAPI document has TGI's `Prompt` schema
 Prompt = TypeAliasType("Prompt", list[str])
 
@@ -364,9 +316,43 @@ class OutputMessage(BaseModel):
     content: str
 
 
+class FunctionCall(BaseModel):
+    description: str | None = None  # NOTE: TGI's FunctionDefinition: always `null` in answers
+    name: str
+    arguments: str  # the arguments object as a JSON string
+
+
+class ToolCallOutput(BaseModel):
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
+class ToolCallMessage(BaseModel):
+    role: str = "assistant"
+    tool_calls: list[ToolCallOutput]
+
+
+class DeltaFunction(BaseModel):
+    name: str | None
+    arguments: str
+
+
+class DeltaToolCall(BaseModel):
+    index: int = 0
+    id: str
+    type: str = "function"
+    function: DeltaFunction
+
+
+class ToolCallDelta(BaseModel):
+    role: str = "assistant"
+    tool_calls: list[DeltaToolCall]
+
+
 class ChatCompletionComplete(BaseModel):
     index: int = 0
-    message: OutputMessage
+    message: OutputMessage | ToolCallMessage
     logprobs: Logprobs | None
     finish_reason: str
 
@@ -383,7 +369,7 @@ class ChatCompletion(BaseModel):
 
 class ChatCompletionChoice(BaseModel):
     index: int = 0
-    delta: OutputMessage
+    delta: OutputMessage | ToolCallDelta
     logprobs: Logprobs | None
     finish_reason: str | None
 

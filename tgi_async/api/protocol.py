@@ -12,8 +12,9 @@ import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypeAliasType
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -76,6 +77,22 @@ class Grammar(_Strict):
 
     type: Literal["json", "json_object", "regex", "json_schema"]
     value: Any = Field(examples=[{"properties": {"location": {"type": "string"}}}])
+
+    @field_validator("value")
+    @classmethod
+    def _value_of_its_type(cls, value: Any, info: ValidationInfo) -> Any:
+        """serde's checks of the variant's content: a regex is a string, `json_schema` a JsonSchemaConfig."""
+        kind = info.data.get("type")
+        if kind == "regex" and not isinstance(value, str):
+            raise PydanticCustomError("string_type", "Input should be a valid string")
+        if kind == "json_schema":
+            if not isinstance(value, dict):
+                raise PydanticCustomError("model_type", "not a map", {"class_name": "JsonSchemaConfig"})
+            if "schema" not in value:
+                raise PydanticCustomError("serde_message", "missing field `schema`")
+            if value.get("name") is not None and not isinstance(value["name"], str):
+                raise PydanticCustomError("serde_message", "name: invalid type, expected a string")
+        return value
 
 
 class GenerateParameters(_Strict):

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from tgi_async import metrics
 from tgi_async.api.chat_template import ChatTemplate
 from tgi_async.api.config import ApiConfig
+from tgi_async.api.grammar import grammar_regex
 from tgi_async.api.openai_protocol import Message, Tool
 from tgi_async.api.protocol import GenerateParameters
 from tgi_async.api.tokenizer_pool import (
@@ -220,9 +221,8 @@ class Validator:
             )
         metrics.REQUEST_INPUT_LENGTH.observe(input_length)
 
-        if p.grammar is not None:
-            # NOTE: neither the scheduler contract nor the bundled shard carries grammars yet.
-            raise invalid("grammar is not supported")
+        # NOTE: TGI checks the grammar after the prompt, so a request with both problems gets the prompt's.
+        regex = "" if p.grammar is None else grammar_regex(p.grammar, cfg.disable_grammar_support)
 
         metrics.REQUEST_MAX_NEW_TOKENS.observe(max_new_tokens)
         request = GenerateRequest(
@@ -238,6 +238,8 @@ class Validator:
                 repetition_penalty=repetition_penalty,
                 frequency_penalty=frequency_penalty,
                 watermark=p.watermark,
+                grammar=regex,
+                grammar_type="none" if p.grammar is None else "regex",
             ),
             stopping=StoppingParameters(max_new_tokens=max_new_tokens, stop_sequences=tuple(p.stop)),
             truncate=cfg.max_input_tokens if p.truncate is None else p.truncate,

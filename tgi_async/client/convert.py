@@ -16,12 +16,18 @@ from tgi_async.client.types import (
     WarmupResult,
 )
 from tgi_async.proto import pb
-from tgi_async.scheduler.request import FinishReason, GeneratedText, GenerateRequest, Token
+from tgi_async.scheduler.request import FinishReason, GeneratedText, GenerateRequest, GrammarType, Token
 
 _FINISH_REASONS: dict[int, FinishReason] = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_EOS_TOKEN: "eos_token",
     pb.FINISH_REASON_STOP_SEQUENCE: "stop_sequence",
+}
+
+_GRAMMAR_TYPES: dict[GrammarType, int] = {
+    "none": pb.GRAMMAR_TYPE_NONE,
+    "json": pb.GRAMMAR_TYPE_JSON,
+    "regex": pb.GRAMMAR_TYPE_REGEX,
 }
 
 
@@ -66,6 +72,8 @@ def _request_message(
             repetition_penalty=sampling.repetition_penalty,
             frequency_penalty=sampling.frequency_penalty,
             watermark=sampling.watermark,
+            grammar=sampling.grammar,
+            grammar_type=_GRAMMAR_TYPES[sampling.grammar_type],
         ),
         stopping_parameters=pb.StoppingCriteriaParameters(
             max_new_tokens=stopping.max_new_tokens,

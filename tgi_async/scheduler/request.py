@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
+GrammarType = Literal["none", "json", "regex"]  # generate.v3 GrammarType
 ErrorType = Literal[
     "validation",
     "generation",
@@ -37,6 +38,9 @@ class SamplingParameters:
     repetition_penalty: float = 1.0  # 1.0 = off
     frequency_penalty: float = 0.0  # 0.0 = off
     watermark: bool = False
+    # the output constraint, as the shard receives it (TGI's router compiles JSON schemas to a regex)
+    grammar: str = ""  # "" = none
+    grammar_type: GrammarType = "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import interegular
+from outlines_core.fsm.json_schema import build_regex_from_schema
+
 from tgi_async.proto import pb
 from tgi_async.strict_shard import tokens
 
@@ -76,7 +79,7 @@ def request_from_pb(
         seed=parameters.seed if samples else None,
         top_n_tokens=message.top_n_tokens,
         prefill_logprobs=message.prefill_logprobs,
-        grammar=(parameters.grammar_type, parameters.grammar),
+        grammar=checked_grammar(parameters),
         slots=slots,
         blocks=list(message.blocks),
         cache_len=message.cache_len,
@@ -143,3 +146,17 @@ class SimBatch:
                 r.max_new_tokens - len(r.generated) for r in kept
             )
         return removed
+
+
+def checked_grammar(parameters: pb.NextTokenChooserParameters) -> tuple[int, str]:
+    """(GrammarType, grammar) as received, once compiled as TGI's shards compile it (a non-empty grammar:
+    JSON through outlines' schema-to-regex, then the regex to an automaton). A grammar that does not compile
+    raises ValueError here, as there, and its whole batch is lost."""
+    grammar, kind = parameters.grammar, parameters.grammar_type
+    if grammar:
+        try:
+            regex = build_regex_from_schema(grammar) if kind == pb.GRAMMAR_TYPE_JSON else grammar
+            interegular.parse_pattern(regex).to_fsm()
+        except Exception as exc:  # outlines and interegular raise several types
+            raise ValueError(f"grammar does not compile: {exc}") from None
+    return kind, grammar

@@ -7,6 +7,7 @@ makes the process exit, from the executor). A call the router gave up on (deadli
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Sequence
@@ -63,6 +64,10 @@ class StrictShardService:
         return response
 
     async def Prefill(self, request, context) -> pb.PrefillResponse:
+        for r in request.batch.requests:
+            if r.parameters.grammar_type != pb.GRAMMAR_TYPE_NONE:  # for tests: what the router sent
+                kind = pb.GrammarType.Name(r.parameters.grammar_type)
+                logger.info("Prefill: request %d %s %s", r.id, kind, json.dumps(r.parameters.grammar))
         return await self._call("Prefill", context, lambda: self.shard.prefill(request), request)
 
     async def Decode(self, request, context) -> pb.DecodeResponse:

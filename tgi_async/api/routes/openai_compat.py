@@ -21,44 +21,35 @@ from starlette.responses import Response
 from tgi_async import metrics
 from tgi_async.api import protocol as p
 from tgi_async.api.body import read_json
-from tgi_async.api.chat_template import ChatTemplate, ChatTemplateError, TemplateNotFound
 from tgi_async.api.config import ApiConfig
-from tgi_async.api.errors import JSON_HEADERS, error_message
-from tgi_async.api.generation import GenerateResult, generate_all, generate_response, stream_responses
+from tgi_async.api.errors import JSON_HEADERS
+from tgi_async.api.generation import GenerateResult, generate_all, stream_responses
 from tgi_async.api.openai_protocol import (
-    DEFAULT_TOOL_PROMPT,
-    ApiError,
-    ChatCompletion,
-    ChatCompletionChoice,
-    ChatCompletionChunk,
-    ChatCompletionComplete,
     ChatRequest,
     CompletionChunk,
     CompletionComplete,
     CompletionFinal,
     CompletionRequest,
-    Logprob,
-    Logprobs,
     ModelInfo,
     ModelsInfo,
-    OpenAIErrorEvent,
-    OutputMessage,
-    Tool,
-    TopLogprob,
     Usage,
     finish_reason,
-    tool_grammar,
 )
 from tgi_async.api.openapi import ROUTES
+from tgi_async.api.routes import chat
+from tgi_async.api.routes.chat import (
+    DONE,
+    chat_generate_request,
+    openai_error,
+    system_fingerprint,
+)
 from tgi_async.api.routes.common import until_disconnect
 from tgi_async.api.serving import Serving, aclose
-from tgi_async.api.sse import SSEResponse, sse_data, sse_event
+from tgi_async.api.sse import SSEResponse, sse_event
 from tgi_async.scheduler.request import InferError
 
 router = APIRouter()
-
-DONE = sse_data("[DONE]")
-_NOT_BUILT = object()
+router.routes.extend(chat.router.routes)  # /v1/chat/completions first, where TGI lists it
 
 
 def _serving(request: Request) -> Serving:
@@ -71,147 +62,6 @@ def _config(request: Request) -> ApiConfig:
 
 def _json(model: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(p.to_json(model), headers={**(headers or {}), **JSON_HEADERS})
-
-
-def system_fingerprint(config: ApiConfig) -> str:
-    return f"{config.version}-{config.docker_label or 'native'}"
-
-
-def chat_template(request: Request) -> ChatTemplate | None:
-    """`app.state.chat_template` if the app set it, else built once from `app.state.tokenizer`."""
-    state = request.app.state
-    template = getattr(state, "chat_template", _NOT_BUILT)
-    if template is _NOT_BUILT:
-        template = ChatTemplate.from_tokenizer(getattr(state, "tokenizer", None))
-        state.chat_template = template
-    return template
-
-
-async def _render(request: Request, chat: ChatRequest, tools: tuple[list[Tool], str] | None = None) -> str:
-    """The chat's prompt; a large request is templated in a validation worker, off the event loop."""
-    try:
-        template = chat_template(request)
-        if template is None:
-            raise TemplateNotFound()
-        body_size = len(await request.body())  # NOTE: read already; Starlette keeps it
-        return await _serving(request).validator.render(template, chat.messages, tools, body_size)
-    except ChatTemplateError as exc:
-        metrics.REQUEST_FAILURE.labels("template").inc()
-        raise InferError(exc.message, exc.error_type) from None
-
-
-async def chat_generate_request(request: Request, chat: ChatRequest) -> p.GenerateRequest:
-    """TGI's `ChatRequest::try_into_generate`: the templated prompt and its parameters.
-
-    Tools (unless `tool_choice` is `none`) and `response_format` become a grammar, which the validator
-    refuses today ("grammar is not supported"), as TGI does with grammar support disabled.
-    """
-    if chat.response_format is not None and chat.tools is not None:
-        raise InferError("Grammar and tools are mutually exclusive", "tool_error")
-    grammar = chat.response_format
-    if grammar is not None:
-        inputs = await _render(request, chat)
-    elif chat.tools is not None and (selected := tool_grammar(chat.tools, chat.tool_choice)) is not None:
-        tools, grammar = selected
-        inputs = await _render(request, chat, (tools, chat.tool_prompt or DEFAULT_TOOL_PROMPT))
-    else:
-        inputs = await _render(request, chat)
-    parameters = p.GenerateParameters(**chat.generate_parameters(grammar))
-    return p.GenerateRequest(inputs=inputs, parameters=parameters, add_special_tokens=False)
-
-
-def _logprobs(tokens: list[p.Token], top_tokens: list[list[p.Token]]) -> Logprobs:
-    content = []
-    for i, token in enumerate(tokens):
-        top = top_tokens[i] if i < len(top_tokens) else []
-        top_logprobs = [TopLogprob(token=t.text, logprob=t.logprob) for t in top]
-        content.append(Logprob(token=token.text, logprob=token.logprob, top_logprobs=top_logprobs))
-    return Logprobs(content=content)
-
-
-def _openai_error(error: InferError) -> bytes:
-    return sse_event(OpenAIErrorEvent(error=ApiError(message=error_message(error))))
-
-
-# ---- /v1/chat/completions ----------------------------------------------------------------------------
-
-
-@router.post("/v1/chat/completions", **ROUTES["chat_completions"])
-async def chat_completions(request: Request) -> Response:
-    """TGI's `chat_completions` (also reached through /invocations with a `messages` body)."""
-    chat = await read_json(request, ChatRequest)
-    metrics.REQUEST_COUNT.inc()
-    serving, config = _serving(request), _config(request)
-    generate = await chat_generate_request(request, chat)
-    model = config.model_id if chat.model in (None, "tgi") else chat.model
-    fingerprint = system_fingerprint(config)
-    logprobs = bool(chat.logprobs)
-    if chat.stream:
-        headers, items = stream_responses(serving, generate, "chat_completions")
-        events = _chat_events(items, model, fingerprint, logprobs, chat.stream_options.include_usage)
-        return SSEResponse(events, headers)
-    result = await until_disconnect(request, generate_response(serving, generate, "chat_completions"))
-    if isinstance(result, Response):
-        return result
-    details = result.response.details
-    assert details is not None  # NOTE: chat requests always ask details
-    completion = ChatCompletion(
-        created=int(time.time()),
-        model=model,
-        system_fingerprint=fingerprint,
-        choices=[
-            ChatCompletionComplete(
-                message=OutputMessage(content=result.response.generated_text),
-                logprobs=_logprobs(details.tokens, details.top_tokens) if logprobs else None,
-                finish_reason=finish_reason(details.finish_reason),
-            )
-        ],
-        usage=Usage.of(result.input_length, details.generated_tokens),
-    )
-    return _json(completion, result.headers)
-
-
-async def _chat_events(
-    items: AsyncIterator[p.StreamResponse | InferError],
-    model: str,
-    fingerprint: str,
-    logprobs: bool,
-    include_usage: bool,
-) -> AsyncIterator[bytes]:
-    """TGI's `ChatState` without tools: one chunk per token, then the usage chunk if asked, then [DONE]."""
-    try:
-        async for item in items:
-            if isinstance(item, InferError):
-                yield _openai_error(item)
-                continue
-            token, details = item.token, item.details
-            chunk = ChatCompletionChunk(
-                created=int(time.time()),
-                model=model,
-                system_fingerprint=fingerprint,
-                choices=[
-                    ChatCompletionChoice(
-                        # NOTE: a special token (EOS) streams as empty content, as in TGI
-                        delta=OutputMessage(content="" if token.special else token.text),
-                        logprobs=_logprobs([token], [item.top_tokens]) if logprobs else None,
-                        finish_reason=None if details is None else finish_reason(details.finish_reason),
-                    )
-                ],
-            )
-            yield sse_event(chunk)
-            if include_usage and details is not None:
-                usage = Usage.of(details.input_length, details.generated_tokens)
-                final = ChatCompletionChunk(
-                    created=int(time.time()),
-                    model=model,
-                    system_fingerprint=fingerprint,
-                    choices=[],
-                    usage=usage,
-                )
-                yield sse_event(final)
-    finally:
-        await aclose(items)
-    yield DONE
 
 
 # ---- /v1/completions ---------------------------------------------------------------------------------
@@ -302,7 +152,7 @@ async def _completion_events(
     async with _merged(streams) as items:
         async for index, item in items:
             if isinstance(item, InferError):
-                yield _openai_error(item)
+                yield openai_error(item)
                 continue
             details = item.details
             if details is None:
@@ -375,6 +225,6 @@ async def chat_tokenize(request: Request) -> Response:
     """The templated prompt of a chat request and its tokens (TGI's `ChatTokenizeResponse`)."""
     chat = await read_json(request, ChatRequest)
     metrics.REQUEST_COUNT.inc()
-    generate = await chat_generate_request(request, chat)
+    generate, _ = await chat_generate_request(request, chat)
     body = await _serving(request).validator.chat_tokenize(generate.inputs)
     return Response(body, headers=JSON_HEADERS)

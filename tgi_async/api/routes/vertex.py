@@ -26,8 +26,8 @@ from tgi_async.api.body import rejection_from_errors as serde_rejection
 from tgi_async.api.errors import JSON_HEADERS, error_response
 from tgi_async.api.generation import generate_all
 from tgi_async.api.openai_protocol import ChatRequest
+from tgi_async.api.routes.chat import chat_generate_request
 from tgi_async.api.routes.common import json_response, serving, until_disconnect
-from tgi_async.api.routes.openai_compat import chat_generate_request
 from tgi_async.scheduler.request import InferError
 
 router = APIRouter()
@@ -73,7 +73,8 @@ async def _generate_request(
     request: Request, instance: GenerateVertexInstance | ChatRequest
 ) -> p.GenerateRequest:
     if isinstance(instance, ChatRequest):
-        return await chat_generate_request(request, instance)
+        generate, _ = await chat_generate_request(request, instance)  # NOTE: TGI answers vertex as text
+        return generate
     given = instance.parameters or p.GenerateParameters()
     parameters = p.GenerateParameters(
         do_sample=True,
