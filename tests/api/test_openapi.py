@@ -32,16 +32,15 @@ EXTRA_SCHEMAS = {
     # MessageChunk's two variants, as schemas of their own (TGI writes them inline)
     "TextChunk",
     "ImageUrlChunk",
+    # An answer's tool call: TGI's document reuses the request's ToolCall / FunctionDefinition (arguments of
+    # any JSON); what TGI sends, and we send, is `arguments` as a string and `description: null`.
+    "ToolCallOutput",
+    "FunctionCall",
 }
 MISSING_SCHEMAS = {
-    # Our chat routes answer text messages only (a tool call comes back as its generated JSON text), so the
-    # tool-call answers and the unions that hold them are not ours: our OutputMessage is TGI's TextMessage.
+    # TGI's oneOf unions of a text or tool-call message: ours are written inline where they are used.
     "OutputMessage",
     "ChatCompletionDelta",
-    "ToolCallMessage",
-    "ToolCallDelta",
-    "DeltaToolCall",
-    "Function",
     # Our Message is one object (role, name, and `content` or `tool_calls`), not TGI's allOf of a body.
     "MessageBody",
 }

@@ -30,6 +30,7 @@ SCHEMA_NAMES = {
     "Logprob": "ChatCompletionLogprob",
     "Logprobs": "ChatCompletionLogprobs",
     "CompletionChunk": "Chunk",
+    "DeltaFunction": "Function",
 }
 
 # What /invocations takes and answers: a generate, chat or completion body, told apart by its fields.
