@@ -91,7 +91,7 @@ def test_endpoint_picker_gauges_follow_the_state(tiny_model_dir: Path) -> None:
     """Issue 15, scale-out: the Gateway API Inference Extension's endpoint picker reads a KV-cache utilization
     gauge (0-1), the cache layout and LoRA info (vLLM's label names); tgi-async had none of them. The shard
     hangs on its 3rd step, so the requests hold their KV while /metrics is read."""
-    shard, router, url = start_stack(tiny_model_dir, "async", "--fault", "3:hang")
+    shard, router, url = start_stack(tiny_model_dir, "async", "--fault", "3:hang", "--eos-rate", "0")
     try:
         idle = samples(url)
 

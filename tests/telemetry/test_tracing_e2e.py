@@ -99,7 +99,9 @@ def test_one_request_makes_one_trace_with_linked_steps_and_shard_spans(traced_as
     # the shard's server spans sit under the router's call spans, in the step's trace
     for step, rpc in ((prefill, "Prefill"), (last, "Decode")):
         assert step.attributes[a.STEP_CALLS_IN_FLIGHT] >= 1
-        assert step.attributes[a.SHARD_TOTAL_NS] >= step.attributes[a.SHARD_FORWARD_NS] > 0
+        # NOTE: not total >= forward: with the shard's overlap a decode's forward may start before its call
+        # does (it ran ahead, from the previous step's tokens), so forward_ns can exceed the handler's time.
+        assert step.attributes[a.SHARD_TOTAL_NS] > 0 and step.attributes[a.SHARD_FORWARD_NS] > 0
         call = spans.call_of(step)
         assert call is not None and call.name == rpc.lower() and call.kind == CLIENT
         server = spans.shard_call(step)
