@@ -68,7 +68,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             title=app.title,
             version=app.version,
             description="Text Generation Webserver",
-            contact={"name": "Olivier Dehaene"},
             routes=app.routes,
             tags=[
                 {
