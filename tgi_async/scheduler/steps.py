@@ -110,12 +110,14 @@ class StepRunner:
         (the async loop queues its next shard call first)."""
         running = self.state.running
         records = []
+        skipped = []  # TGI observes n - 1 per Generation it sends (0 unless speculating): one call a step
         for generation in result.generations:
             entry = running.get(generation.request_id)
             if entry is not None:
                 if entry.live:  # TGI observes what it sends (a flash shard keeps stepping finished rows)
-                    metrics.REQUEST_SKIPPED_TOKENS.observe(len(generation.tokens) - 1)  # 0 unless speculating
+                    skipped.append(len(generation.tokens) - 1)
                 records.append((entry, entry.record(generation)))
+        metrics.REQUEST_SKIPPED_TOKENS.observe_many(skipped)
         return records
 
     def deliver(self, result: StepResult) -> None:
