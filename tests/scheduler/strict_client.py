@@ -204,6 +204,12 @@ def _filtered(response: pb.FilterBatchResponse) -> CachedBatch | None:
 
 async def generate(scheduler: SchedulerCore, req: GenerateRequest) -> tuple[list[int], str]:
     """(positions of the tokens received, "end" | "error"); every token is one of this prompt's."""
+    positions, end = await outcome(scheduler, req)
+    return positions, end if end == "end" else "error"
+
+
+async def outcome(scheduler: SchedulerCore, req: GenerateRequest) -> tuple[list[int], str]:
+    """(positions of the tokens received, "end" or the error's message); every token is this prompt's."""
     positions: list[int] = []
     tag = tokens.tag(tokens.prompt_key(req.inputs))
     try:
@@ -212,8 +218,8 @@ async def generate(scheduler: SchedulerCore, req: GenerateRequest) -> tuple[list
             positions.append(event.token.id - tokens.TOKEN_ID_BASE)
             if isinstance(event, EndEvent):
                 return positions, "end"
-    except InferError:
-        return positions, "error"
+    except InferError as exc:
+        return positions, exc.message
     raise AssertionError("no end")
 
 

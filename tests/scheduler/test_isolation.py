@@ -9,18 +9,14 @@ import asyncio
 
 import pytest
 
-from tests.scheduler.strict_client import conserved, settle, start_scheduler, strict
+from tests.scheduler.strict_client import conserved, outcome, settle, start_scheduler, strict
 from tgi_async import metrics
-from tgi_async.scheduler.core import SchedulerCore
 from tgi_async.scheduler.isolation import MAX_LEVEL, max_retries, plan_isolation
 from tgi_async.scheduler.request import (
-    EndEvent,
     GenerateRequest,
-    InferError,
     SamplingParameters,
     StoppingParameters,
 )
-from tgi_async.strict_shard import tokens
 
 POLICIES = ("async", "sync")
 KINDS = ("flashinfer", "paged", "padded")  # chunking joins / Decode merges on flash / padded batches
@@ -79,21 +75,6 @@ def request(name: str, prompt: int, max_new: int) -> GenerateRequest:
         sampling=SamplingParameters(),
         stopping=StoppingParameters(max_new_tokens=max_new),
     )
-
-
-async def outcome(scheduler: SchedulerCore, req: GenerateRequest) -> tuple[list[int], str]:
-    """(positions of the tokens received, "end" or the error's message)."""
-    positions: list[int] = []
-    tag = tokens.tag(tokens.prompt_key(req.inputs))
-    try:
-        async for event in scheduler.generate(req):
-            assert event.token.special or event.token.text.startswith(f" {tag}:"), (req.inputs, event.token)
-            positions.append(event.token.id - tokens.TOKEN_ID_BASE)
-            if isinstance(event, EndEvent):
-                return positions, "end"
-    except InferError as exc:
-        return positions, exc.message
-    raise AssertionError("no end")
 
 
 @pytest.mark.parametrize("kind", KINDS)
