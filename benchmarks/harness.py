@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.sse_client import SSEClient
+from benchmarks.stats import median, percentile  # noqa: F401 (the benchmarks' import point)
 from tgi_async.launcher.processes import ChildProcess, start_bundled_shard, start_router
 from tgi_async.tiny_model import cached_tiny_model
 
@@ -120,14 +120,3 @@ def cpu_seconds(pid: int) -> float:
         with contextlib.suppress(FileNotFoundError):
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import time
 from dataclasses import dataclass
 
 import grpc.aio
@@ -27,47 +26,11 @@ from transformers import AutoTokenizer
 from benchmarks.harness import median, percentile, pin_this_process, router_process, scrape, shard_process
 from benchmarks.harness import tiny_model as cached_tiny_model
 from benchmarks.schedulers import decode_heavy
-from benchmarks.shard_step import PROMPT, Slots, _warmup_batch, make_request
+from benchmarks.shard_step import ShardRun, _warmup_batch, shard_run
 from tgi_async.proto import ShardStub, pb
 
 MODES = ("overlap", "no-overlap")
 STACKS = (("async", "overlap"), ("sync", "no-overlap"), ("async", "no-overlap"), ("sync", "overlap"))
-
-
-@dataclass
-class ShardRun:
-    tokens: int
-    wall: float
-    forward: float  # seconds of forwards (compute thread)
-    busy: float  # seconds in step handlers
-    steps: list[float]  # client round trip of each Decode, seconds
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall
-
-
-async def shard_run(stub, batch_size: int, steps: int, batch_id: int) -> ShardRun:
-    """B requests of `steps` new tokens from Prefill to the last Decode, filtered as TGI's router does."""
-    slots = Slots()
-    requests = [make_request(i, PROMPT, slots, steps) for i in range(batch_size)]
-    started = time.perf_counter()
-    response = await stub.Prefill(pb.PrefillRequest(batch=pb.Batch(id=batch_id, requests=requests)))
-    tokens, forward, busy, latencies = len(response.generations), response.forward_ns, response.total_ns, []
-    cached = response.batch if response.HasField("batch") else None
-    while cached is not None:
-        sent = time.perf_counter()
-        response = await stub.Decode(pb.DecodeRequest(batches=[cached]))
-        latencies.append(time.perf_counter() - sent)
-        tokens += len(response.generations)
-        forward, busy = forward + response.forward_ns, busy + response.total_ns
-        cached = response.batch if response.HasField("batch") else None
-        finished = {g.request_id for g in response.generations if g.HasField("generated_text")}
-        if cached is not None and finished:
-            keep = [i for i in cached.request_ids if i not in finished]
-            filtered = await stub.FilterBatch(pb.FilterBatchRequest(batch_id=cached.id, request_ids=keep))
-            cached = filtered.batch
-    return ShardRun(tokens, time.perf_counter() - started, forward / 1e9, busy / 1e9, latencies)
 
 
 async def shard_rounds(sockets: dict[str, str], args) -> dict[tuple[str, int], list[ShardRun]]:

@@ -15,6 +15,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc.aio
@@ -64,6 +66,59 @@ def make_request(request_id: int, text: str, slots: Slots, max_new_tokens: int) 
         blocks=blocks,
         slots=slot_list,
     )
+
+
+@dataclass
+class ShardRun:
+    tokens: int
+    wall: float
+    forward: float  # seconds of forwards (compute thread)
+    busy: float  # seconds in step handlers
+    steps: list[float]  # client round trip of each Decode, seconds
+    token_ids: dict[int, list[int]]  # request id: its generated ids
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall
+
+
+async def shard_run(
+    stub,
+    batch_size: int,
+    steps: int,
+    batch_id: int,
+    prompt: str = PROMPT,
+    on_decode: Callable[[int], None] | None = None,
+) -> ShardRun:
+    """B requests of `steps` new tokens from Prefill to the last Decode, filtered as TGI's router does.
+    `on_decode(n)` runs before the n-th Decode (a profiler's window)."""
+    slots = Slots()
+    requests = [make_request(i, prompt, slots, steps) for i in range(batch_size)]
+    token_ids: dict[int, list[int]] = {i: [] for i in range(batch_size)}
+    started = time.perf_counter()
+    response = await stub.Prefill(pb.PrefillRequest(batch=pb.Batch(id=batch_id, requests=requests)))
+    tokens, forward, busy, latencies = len(response.generations), response.forward_ns, response.total_ns, []
+    for g in response.generations:
+        token_ids[g.request_id].extend(g.tokens.ids)
+    cached = response.batch if response.HasField("batch") else None
+    while cached is not None:
+        if on_decode is not None:
+            on_decode(len(latencies))
+        sent = time.perf_counter()
+        response = await stub.Decode(pb.DecodeRequest(batches=[cached]))
+        latencies.append(time.perf_counter() - sent)
+        tokens += len(response.generations)
+        for g in response.generations:
+            token_ids[g.request_id].extend(g.tokens.ids)
+        forward, busy = forward + response.forward_ns, busy + response.total_ns
+        cached = response.batch if response.HasField("batch") else None
+        finished = {g.request_id for g in response.generations if g.HasField("generated_text")}
+        if cached is not None and finished:
+            keep = [i for i in cached.request_ids if i not in finished]
+            filtered = await stub.FilterBatch(pb.FilterBatchRequest(batch_id=cached.id, request_ids=keep))
+            cached = filtered.batch
+    wall = time.perf_counter() - started
+    return ShardRun(tokens, wall, forward / 1e9, busy / 1e9, latencies, token_ids)
 
 
 async def decode_times(stub, batch_size: int, steps: int, batch_id: int) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -88,7 +89,9 @@ def choose_dtype(requested: str | None, device: torch.device) -> torch.dtype:
 class Engine:
     """A loaded model with its tokenizer and KV cache."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, loaded: tuple[Any, torch.nn.Module] | None = None):
+        """`loaded`: (tokenizer, model) already built, e.g. random weights made on the GPU by a benchmark
+        (the model must use `attention.register()`'s attention); None: load `config.model_id`."""
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
         from transformers.utils import logging as hf_logging
 
@@ -100,10 +103,13 @@ class Engine:
         self.device = choose_device(config.device)
         self.dtype = choose_dtype(config.dtype, self.device)
         common = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_id, truncation_side="left", **common)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            config.model_id, dtype=self.dtype, attn_implementation=attention.register(), **common
-        )
+        if loaded is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model_id, truncation_side="left", **common)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                config.model_id, dtype=self.dtype, attn_implementation=attention.register(), **common
+            )
+        else:
+            self.tokenizer, self.model = loaded
         self.model.to(self.device).eval()
         small = sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMETERS
         if config.num_threads is None and self.device.type == "cpu" and small:
@@ -226,7 +232,7 @@ class Engine:
     def execute(self, prepared: PreparedStep) -> StepOutput:
         """Run one prepared forward and choose its tokens; the results stay on the device (compute thread)."""
         start = time.perf_counter_ns()
-        input_ids = prepared.input_ids.to(self.device, non_blocking=True)
+        input_ids = prepared.input_ids  # filled in below: a step runs once
         for handle, sources, targets in prepared.carries:
             input_ids[targets] = handle.output().next_ids.index_select(0, sources)
         dense = self._decode_context(prepared)

@@ -41,11 +41,12 @@ class PromptLogprobs:
 
 @dataclass(frozen=True, slots=True)
 class PreparedStep:
-    """Host-built inputs of one forward; nothing in it changes once built."""
+    """Host-built inputs of one forward; nothing in it changes once built (but the carried ids, which its
+    one forward fills in)."""
 
     batch: ShardBatch  # whose decode context the forward uses
     rows: tuple[RowInput, ...]
-    input_ids: torch.Tensor  # [T] long; a carried row holds 0 until `carries` fills it
+    input_ids: torch.Tensor  # [T] long on the device; a carried row holds 0 until the forward fills it in
     carries: tuple[tuple[StepHandle, torch.Tensor, torch.Tensor], ...]  # (step, its ids' index, positions)
     positions: torch.Tensor  # [T] long on the device
     layout: attention.AttentionLayout | attention.SplitLayout
@@ -148,7 +149,9 @@ def prepare_step(batch: ShardBatch, rows: Sequence[RowInput], dense_ok: bool) ->
     return PreparedStep(
         batch=batch,
         rows=tuple(rows),
-        input_ids=torch.tensor(ids, dtype=torch.long),
+        # NOTE: built here, on the device (CUDA: the H2D stream): a copy from pageable memory in the forward
+        # would make the compute thread wait for the device before launching the step.
+        input_ids=torch.tensor(ids, dtype=torch.long, device=device),
         carries=tuple(
             (handle, torch.tensor(s, device=device), torch.tensor(t, device=device))
             for handle, (s, t) in carried.items()
