@@ -106,7 +106,7 @@ def choose_sdpa(choice: str) -> None:
         getattr(torch.backends.cuda, f"enable_{backend}_sdp")(backend in allowed)
 
 
-def random_engine(shape: str, device: str, dtype: str, directory: Path) -> Engine:
+def random_engine(shape: str, device: str, dtype: str, directory: Path, cuda_graphs: bool = False) -> Engine:
     """An Engine over a random-weight Llama of `shape`, built directly on `device`."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -129,7 +129,7 @@ def random_engine(shape: str, device: str, dtype: str, directory: Path) -> Engin
     print(
         f"model: {shape}, {parameters / 1e9:.2f}B parameters, built in {time.perf_counter() - started:.1f} s"
     )
-    engine_config = EngineConfig(model_id=str(directory), dtype=dtype, device=device)
+    engine_config = EngineConfig(model_id=str(directory), dtype=dtype, device=device, cuda_graphs=cuda_graphs)
     return Engine(engine_config, loaded=(tokenizer, model))
 
 
@@ -229,7 +229,7 @@ def prompt_of(tokens: int, vocab_size: int) -> str:
 
 async def measure(args) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="tgia-model-", dir="/tmp"))
-    engine = random_engine(args.shape, args.device, args.dtype, directory)
+    engine = random_engine(args.shape, args.device, args.dtype, directory, args.cuda_graphs)
     choose_sdpa(args.sdpa)
     prompt = prompt_of(args.prompt_tokens, SHAPES[args.shape]["vocab_size"])
     cuda = engine.device.type == "cuda"
@@ -269,7 +269,7 @@ async def measure(args) -> dict:
 
 def report(runs: dict, active: dict, args) -> dict:
     print(
-        f"\n#### {args.shape} random weights, {args.dtype}, {args.device}: "
+        f"\n#### {args.shape} random weights, {args.dtype}, {args.device}, CUDA graphs {args.cuda_graphs}: "
         f"prompt {args.prompt_tokens} tokens, "
         f"{args.new_tokens} new tokens per request, {args.rounds} rounds, medians\n"
     )
@@ -371,7 +371,7 @@ class StackSampler:
 async def where(args) -> None:
     """Per batch size and mode: ms per step, then the sampled stacks of every thread."""
     directory = Path(tempfile.mkdtemp(prefix="tgia-model-", dir="/tmp"))
-    engine = random_engine(args.shape, args.device, args.dtype, directory)
+    engine = random_engine(args.shape, args.device, args.dtype, directory, args.cuda_graphs)
     choose_sdpa(args.sdpa)
     parameter = next(engine.model.parameters())
     print(f"parameters on {parameter.device} ({parameter.dtype}); cache on {engine.device}; sdpa {args.sdpa}")
@@ -469,9 +469,11 @@ async def smoke(args) -> bool:
         ("device-on", args.device, True),
         ("device-off", args.device, False),
     ):
-        engine = Engine(
-            EngineConfig(model_id=str(args.model), dtype="float32", device=device, overlap=overlap)
+        graphs = args.cuda_graphs and device != "cpu"
+        config = EngineConfig(
+            str(args.model), dtype="float32", device=device, overlap=overlap, cuda_graphs=graphs
         )
+        engine = Engine(config)
         async with served(engine) as (_, stub):
             results[name] = smoke_summary(await smoke_generations(stub))
         del engine
@@ -510,6 +512,7 @@ def main() -> None:
     smoke_parser = commands.add_parser("smoke")
     smoke_parser.add_argument("model", type=Path)
     smoke_parser.add_argument("--device", default="cuda")
+    smoke_parser.add_argument("--cuda-graphs", action="store_true", help="the device runs decode graphs")
     measure_parser = commands.add_parser("measure")
     measure_parser.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     measure_parser.add_argument("--device", default="cuda")
@@ -519,6 +522,7 @@ def main() -> None:
     measure_parser.add_argument("--new-tokens", type=int, default=512)
     measure_parser.add_argument("--rounds", type=int, default=3)
     measure_parser.add_argument("--seed", type=int, default=0, help="of the modes' order in each round")
+    measure_parser.add_argument("--cuda-graphs", action="store_true", help="greedy decodes as CUDA graphs")
     measure_parser.add_argument("--sdpa", choices=sorted(SDPA_CHOICES), default="engine")
     measure_parser.add_argument("--out", type=Path, default=None, help="results.json and traces here")
     where_parser = commands.add_parser("where", help="ms per step and every thread's sampled stacks")
@@ -528,6 +532,7 @@ def main() -> None:
     where_parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     where_parser.add_argument("--prompt-tokens", type=int, default=128)
     where_parser.add_argument("--new-tokens", type=int, default=24)
+    where_parser.add_argument("--cuda-graphs", action="store_true", help="greedy decodes as CUDA graphs")
     where_parser.add_argument("--sdpa", choices=sorted(SDPA_CHOICES), default="engine")
     args = parser.parse_args()
     if args.command == "where":

@@ -71,6 +71,12 @@ def add_parser(subparsers) -> None:
         help="compute step N+1 while the host finishes step N (--no-overlap: one forward at a time)",
     )
     serve.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="replay greedy decode steps as CUDA graphs (CUDA; experimental: not yet measured on a GPU)",
+    )
+    serve.add_argument(
         "--num-threads",
         type=int,
         default=None,
@@ -164,6 +170,7 @@ def load_engine(args: argparse.Namespace):
         num_threads=args.num_threads,
         prefix_caching=prefix_caching(args.prefix_caching, os.environ),
         overlap=args.overlap,
+        cuda_graphs=args.cuda_graphs,
     )
     try:
         return Engine(config)

@@ -21,6 +21,7 @@ from tgi_async.proto import pb
 from tgi_async.shard import attention, grammar
 from tgi_async.shard.batch import Limits, RequestState, ShardBatch
 from tgi_async.shard.decode_context import DecodeContext
+from tgi_async.shard.decode_graphs import DecodeGraphs
 from tgi_async.shard.detokenize import special_token_ids, token_texts
 from tgi_async.shard.generations import (
     generated_text_message,
@@ -70,6 +71,7 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads; None: 1 for small CPU models, else torch's
     prefix_caching: bool = True  # Info.use_prefix_caching: the router may name blocks holding a prompt prefix
     overlap: bool = True  # compute step N+1 while the host finishes step N (tgi_async/shard/step_pipeline.py)
+    cuda_graphs: bool = False  # greedy decode steps as CUDA graphs (tgi_async/shard/decode_graphs.py)
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -128,6 +130,7 @@ class Engine:
         self.grammar_compiler: grammar.GrammarCompiler | None = None  # from Warmup
         self.cache: KVCache | None = None
         self.pipeline = StepPipeline(self, overlap=config.overlap)
+        self.graphs = DecodeGraphs(self) if config.cuda_graphs else None
         if self.device.type == "cpu":
             # NOTE: sized once from the RAM available at startup, so every Warmup reports the same capacity.
             budget = min(available_cpu_memory() * config.kv_cache_memory_fraction, config.kv_cache_max_bytes)
@@ -167,6 +170,8 @@ class Engine:
         if self.cache is not None and self.cache.num_blocks == num_blocks:
             return
         self.cache = None
+        if self.graphs is not None:
+            self.graphs = DecodeGraphs(self)  # captured graphs address the old cache's tensors
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         self.cache = KVCache(self.kv_shape, num_blocks, self.device, self.dtype)
@@ -235,6 +240,9 @@ class Engine:
         input_ids = prepared.input_ids  # filled in below: a step runs once
         for handle, sources, targets in prepared.carries:
             input_ids[targets] = handle.output().next_ids.index_select(0, sources)
+        if self.graphs is not None and self.graphs.eligible(prepared):
+            next_ids, chosen = self.graphs.run(prepared, input_ids)
+            return StepOutput(next_ids, chosen, None, None, time.perf_counter_ns() - start)
         dense = self._decode_context(prepared)
         output = self.model(
             input_ids=input_ids[None],

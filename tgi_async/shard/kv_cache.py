@@ -44,14 +44,16 @@ class KVShape:
 
 
 class KVCache:
-    """Per-layer `[num_blocks * BLOCK_SIZE, kv_heads, head_dim]` key and value tensors."""
+    """Per-layer `[(num_blocks + 1) * BLOCK_SIZE, kv_heads, head_dim]` key and value tensors: the router's
+    blocks, then one scratch block no request is given (padding rows of a decode graph write there)."""
 
     def __init__(self, shape: KVShape, num_blocks: int, device: torch.device, compute_dtype: torch.dtype):
         self.shape = shape
         self.num_blocks = num_blocks
         self.num_slots = num_blocks * BLOCK_SIZE
+        self.scratch_slot = self.num_slots  # the first slot past the router's
         self.compute_dtype = compute_dtype
-        size = (self.num_slots, shape.kv_heads, shape.head_dim)
+        size = (self.num_slots + BLOCK_SIZE, shape.kv_heads, shape.head_dim)
         self.keys = [_zeros(size, shape.dtype, device) for _ in range(shape.num_layers)]
         self.values = [_zeros(size, shape.dtype, device) for _ in range(shape.num_layers)]
 

@@ -49,6 +49,7 @@ class PreparedStep:
     input_ids: torch.Tensor  # [T] long on the device; a carried row holds 0 until the forward fills it in
     carries: tuple[tuple[StepHandle, torch.Tensor, torch.Tensor], ...]  # (step, its ids' index, positions)
     positions: torch.Tensor  # [T] long on the device
+    slot_table: torch.Tensor  # [R, max slots] the rows' slots (the batch's table, or its rows in row order)
     layout: attention.AttentionLayout | attention.SplitLayout
     dense: bool  # decode-only CPU step: read the batch's dense decode context
     keep: torch.Tensor  # [K] packed positions whose logits are needed
@@ -157,6 +158,7 @@ def prepare_step(batch: ShardBatch, rows: Sequence[RowInput], dense_ok: bool) ->
             for handle, (s, t) in carried.items()
         ),
         positions=position_tensor,
+        slot_table=table,
         layout=layout,
         dense=dense,
         keep=torch.tensor(keep or [0], dtype=torch.long, device=device),

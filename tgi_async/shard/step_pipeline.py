@@ -21,9 +21,10 @@ On CUDA the same thread launches the forwards on a compute stream: inputs are bu
 ordered by an event, results are copied to pinned host memory on a D2H stream and the host waits on that
 event, once per step. Every step owns its input and output tensors, kept alive until its copies land (also
 when its results are dropped), so preparing step N+1 never overwrites what step N reads. The CUDA
-path ran on an H200 (benchmarks/gpu_overlap.py: same tokens with overlap on and off). NOTE: decode shapes do
-not use CUDA graphs yet, and without them an 8B model's eager forward is bound by its ~1,800 kernel launches
-per step (docs/benchmarks.md): overlap hides the host's work between forwards, not the launches.
+path ran on an H200 (benchmarks/gpu_overlap.py: same tokens with overlap on and off). NOTE: eagerly, an 8B
+model's forward there is bound by its ~1,800 kernel launches per step (docs/benchmarks.md): overlap hides the
+host's work between forwards, not the launches; `--cuda-graphs` (tgi_async/shard/decode_graphs.py) replays
+greedy decodes as graphs, and has not run on a GPU yet.
 """
 
 from __future__ import annotations

@@ -1,0 +1,98 @@
+"""Decode steps on static shapes (tgi_async/shard/decode_graphs.py; on CPU the graphs' buffers run eagerly):
+padding a batch to its bucket and its keys to a context bucket changes no answer, padding rows write only the
+scratch slot, and steps a graph cannot compute (sampling, top-n tokens, prompt chunks) run eagerly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from shard_helpers import MAX_PREFILL_TOKENS, router_warmup_request
+from test_step_pipeline import SAMPLED, TEXTS, Router, scenario, tokens
+
+from tgi_async.shard.engine import Engine, EngineConfig
+from tgi_async.shard.server import ShardService
+
+CONTEXT_BUCKET = 16  # small, so the scenario's contexts cross several buckets
+
+
+@pytest.fixture(scope="module")
+def services(tiny_model_dir):
+    """Two in-process shards on the tiny model, both overlapped: decode graphs on and off."""
+    made = {}
+    for graphs in (True, False):
+        config = EngineConfig(str(tiny_model_dir), cuda_graphs=graphs, kv_cache_max_bytes=16 << 20)
+        service = ShardService(Engine(config), [])
+        service._warmup(router_warmup_request(None, MAX_PREFILL_TOKENS, None))
+        if graphs:
+            service.engine.graphs.context_bucket = CONTEXT_BUCKET
+        made[graphs] = service
+    yield made
+    for service in made.values():
+        service.engine.pipeline.close()
+        service.executor.shutdown()
+
+
+def clear_keys(service: ShardService) -> None:
+    for layer in range(len(service.engine.cache.keys)):
+        service.engine.cache.keys[layer].zero_()
+
+
+def test_padded_static_shapes_answer_every_step_as_eager_decodes(services, reference):
+    graphs = services[True].engine.graphs
+    before = graphs.steps
+    routers = {}
+    for on, service in services.items():
+        clear_keys(service)
+        routers[on] = Router(service, reference)
+        scenario(routers[on])
+    with_graphs, eager = routers[True], routers[False]
+    assert len(with_graphs.steps) == len(eager.steps)
+    for step_a, step_b in zip(with_graphs.steps, eager.steps, strict=True):
+        assert [g.request_id for g in step_a] == [g.request_id for g in step_b]
+        for a, b in zip(step_a, step_b, strict=True):
+            assert list(a.tokens.ids) == list(b.tokens.ids)
+            assert a.generated_text == b.generated_text
+            assert torch.allclose(
+                torch.tensor(list(a.tokens.logprobs)), torch.tensor(list(b.tokens.logprobs)), atol=1e-5
+            )
+    produced = tokens(with_graphs)
+    for i in (1, 2, 5, 6):
+        assert produced[i] == reference.greedy(TEXTS[i], len(produced[i]))
+    assert graphs.steps > before  # once the sampled request left the batch
+    # padding rows wrote the scratch slot and nothing else outside the slots the router gave
+    cache = services[True].engine.cache
+    written = set(cache.keys[0].flatten(1).abs().sum(dim=1).nonzero()[:, 0].tolist())
+    assert cache.scratch_slot in written
+    assert written - {cache.scratch_slot} <= with_graphs.slots
+
+
+def test_sampled_and_top_n_batches_run_eagerly(services, reference):
+    graphs = services[True].engine.graphs
+    router = Router(services[True], reference)
+    a = router.prefill(9, [router.request(31, TEXTS[2], 6, parameters=SAMPLED)])
+    b = router.prefill(10, [router.request(32, TEXTS[5], 6, top_n_tokens=2)])
+    before = graphs.steps
+    for _ in range(4):
+        a, b = router.decode(a), router.decode(b)
+    assert graphs.steps == before
+    for cached in (a, b):
+        while cached is not None:
+            cached = router.filter(router.decode(cached))
+    assert len(tokens(router)[31]) == len(tokens(router)[32]) == 6
+
+
+def test_a_greedy_batch_crosses_context_buckets_padded_to_its_batch_bucket(services, reference):
+    graphs = services[True].engine.graphs
+    router = Router(services[True], reference)
+    texts = [TEXTS[2], TEXTS[3], TEXTS[6]]  # 3 rows: padded to 4
+    before = graphs.steps
+    cached = router.prefill(11, [router.request(40 + i, text, 40) for i, text in enumerate(texts)])
+    while cached is not None:
+        cached = router.filter(router.decode(cached))
+    services[True].engine.pipeline.settle()
+    assert graphs.steps - before == 39  # every decode step (the prefill's token is the first of 40)
+    produced = tokens(router)
+    for i, text in enumerate(texts):
+        assert produced[40 + i] == reference.greedy(text, 40)
+    contexts = {keys for rows, keys in graphs.shapes if rows == 4}
+    assert len(contexts) >= 3  # prompts of 5-20 tokens + 40 new ones, in buckets of 16

@@ -1,0 +1,165 @@
+"""Greedy decode steps replayed as CUDA graphs: one graph per (batch bucket, context bucket), captured on
+first use, all graphs drawing from one memory pool.
+
+An eager forward of an 8B Llama launches ~1,800 kernels per decode step; on an H200 the host needs ~50 ms to
+launch them and the GPU ~9 ms to run them (docs/benchmarks.md), so the GPU idles 83 % of the time whatever the
+pipeline around it does. A graph launches them in one call. Its shapes are fixed, so a step's B rows are
+padded to a batch bucket (padding rows read and write only the cache's scratch slot; their tokens are never
+read) and its keys to a context bucket (columns past a row's position are masked). The step's inputs are
+copied into the graph's buffers on the compute stream, the graph replays, its outputs are copied out (the
+next replay overwrites them while the host may still be reading this step's).
+
+Only steps whose every row is a greedy decode without top-n tokens take this path; anything else runs
+eagerly. On CPU the same buffers run eagerly (no capture), so tests check on CPU that padding and buckets
+change no answer. NOTE: the capture itself has run on no GPU yet (benchmarks/gpu_overlap.py --cuda-graphs
+measures it); a capture that fails leaves its bucket eager, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from tgi_async.shard import attention
+from tgi_async.shard.step_inputs import PreparedStep
+
+logger = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
+CONTEXT_BUCKET = 256  # keys per row are padded to a multiple of this
+NO_POSITION = torch.iinfo(torch.int64).max  # a padded key column's position: after every query, so masked
+
+
+@dataclass(frozen=True, slots=True)
+class _Buffers:
+    """A graph's inputs and outputs: fixed tensors the captured kernels read and write."""
+
+    input_ids: torch.Tensor  # [B] long
+    positions: torch.Tensor  # [B] long: each row's position (its cache length)
+    slot_table: torch.Tensor  # [B, K] long: each row's slots, the scratch slot past them
+    next_ids: torch.Tensor  # [B] long
+    chosen: torch.Tensor  # [B] float: the chosen ids' logprobs
+
+
+class DecodeGraphs:
+    """Runs eligible decode steps of `engine` with static shapes; captures CUDA graphs on CUDA."""
+
+    def __init__(self, engine, context_bucket: int = CONTEXT_BUCKET):
+        self.engine = engine
+        self.context_bucket = context_bucket
+        self.capture = engine.device.type == "cuda"
+        self._buffers: dict[tuple[int, int], _Buffers] = {}
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph | None] = {}  # None: capture failed
+        self._pool = None
+        self.steps = 0  # steps run here (graphs replayed, or their buffers run eagerly on CPU)
+
+    def eligible(self, prepared: PreparedStep) -> bool:
+        """Every row a greedy decode without top-n tokens or prompt logprobs, and a bucket that fits."""
+        return (
+            prepared.sampler is not None
+            and prepared.sampler.plain_greedy
+            and len(prepared.producing) == len(prepared.rows) <= BATCH_BUCKETS[-1]
+            and prepared.prompt is None
+            and not any(prepared.top_n)
+            and all(row.chunk_len == 1 for row in prepared.rows)
+        )
+
+    def run(self, prepared: PreparedStep, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's (next ids, their logprobs), `[B]` each, owned by the caller (compute stream)."""
+        rows = len(prepared.rows)
+        batch_bucket = next(size for size in BATCH_BUCKETS if size >= rows)
+        longest = max(row.cache_len for row in prepared.rows) + 1
+        context = -(-longest // self.context_bucket) * self.context_bucket
+        key = (batch_bucket, context)
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            buffers = self._buffers[key] = self._allocate(batch_bucket, context)
+        self._fill(buffers, prepared, input_ids)
+        graph = self._graphs.get(key, False)
+        if graph is False:
+            graph = self._graphs[key] = self._capture(buffers) if self.capture else None
+        if graph is None:
+            self._forward(buffers)
+        else:
+            graph.replay()
+        self.steps += 1
+        return buffers.next_ids[:rows].clone(), buffers.chosen[:rows].clone()
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """(batch bucket, keys per row) of every shape used so far."""
+        return sorted(self._buffers)
+
+    def _allocate(self, batch_bucket: int, context: int) -> _Buffers:
+        device = self.engine.device
+        return _Buffers(
+            input_ids=torch.zeros(batch_bucket, dtype=torch.long, device=device),
+            positions=torch.zeros(batch_bucket, dtype=torch.long, device=device),
+            slot_table=torch.full(
+                (batch_bucket, context), self.engine.cache.scratch_slot, dtype=torch.long, device=device
+            ),
+            next_ids=torch.zeros(batch_bucket, dtype=torch.long, device=device),
+            chosen=torch.zeros(batch_bucket, dtype=torch.float32, device=device),
+        )
+
+    def _fill(self, buffers: _Buffers, prepared: PreparedStep, input_ids: torch.Tensor) -> None:
+        """Copy the step's rows into the buffers; padding rows use the scratch slot, at position 0."""
+        rows, scratch, table = len(prepared.rows), self.engine.cache.scratch_slot, prepared.slot_table
+        width = min(table.shape[1], buffers.slot_table.shape[1])
+        buffers.slot_table.fill_(scratch)
+        buffers.slot_table[:rows, :width].copy_(table[:, :width])
+        buffers.input_ids.zero_()
+        buffers.input_ids[:rows].copy_(input_ids)
+        buffers.positions.zero_()
+        buffers.positions[:rows].copy_(prepared.positions)
+
+    def _forward(self, buffers: _Buffers) -> None:
+        """One decode forward over the buffers (what a graph captures): greedy ids and their logprobs."""
+        engine, table, positions = self.engine, buffers.slot_table, buffers.positions
+        columns = torch.arange(table.shape[1], device=table.device)
+        layout = attention.AttentionLayout(
+            write_slots=table.gather(1, positions[:, None])[:, 0],
+            key_slots=table,
+            query_positions=positions[:, None],
+            key_positions=torch.where(columns[None, :] <= positions[:, None], columns[None, :], NO_POSITION),
+            key_groups=None,
+            query_groups=None,
+            query_index=None,
+            output_index=None,
+        )
+        output = engine.model(
+            input_ids=buffers.input_ids[None],
+            position_ids=positions[None],
+            use_cache=False,
+            logits_to_keep=0,
+            **{attention.STEP_KWARG: attention.PagedStep(engine.cache, layout)},
+        )
+        scores = output.logits[0].float()
+        next_ids = scores.max(dim=-1).indices
+        chosen = torch.log_softmax(scores, dim=-1).gather(1, next_ids[:, None])[:, 0]
+        buffers.next_ids.copy_(next_ids)
+        buffers.chosen.copy_(chosen)
+
+    def _capture(self, buffers: _Buffers) -> torch.cuda.CUDAGraph | None:
+        """Warm up on a side stream (library handles, autotuning), then capture into the shared pool."""
+        shape = tuple(buffers.slot_table.shape)
+        try:
+            side = torch.cuda.Stream(self.engine.device)
+            side.wait_stream(torch.cuda.current_stream(self.engine.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._forward(buffers)
+            torch.cuda.current_stream(self.engine.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # NOTE: thread_local: the model thread keeps building the next step's inputs meanwhile
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                self._forward(buffers)
+            self._pool = graph.pool()
+        except Exception as exc:
+            failure = {"shape": shape, "error": str(exc)}
+            logger.warning("decode graph capture failed: this shape runs eagerly", extra=failure)
+            return None
+        logger.info("decode graph captured", extra={"shape": shape})
+        return graph
