@@ -522,7 +522,7 @@ def main() -> None:
     measure_parser.add_argument("--new-tokens", type=int, default=512)
     measure_parser.add_argument("--rounds", type=int, default=3)
     measure_parser.add_argument("--seed", type=int, default=0, help="of the modes' order in each round")
-    measure_parser.add_argument("--cuda-graphs", action="store_true", help="greedy decodes as CUDA graphs")
+    measure_parser.add_argument("--cuda-graphs", action="store_true", help="decode forwards as CUDA graphs")
     measure_parser.add_argument("--sdpa", choices=sorted(SDPA_CHOICES), default="engine")
     measure_parser.add_argument("--out", type=Path, default=None, help="results.json and traces here")
     where_parser = commands.add_parser("where", help="ms per step and every thread's sampled stacks")
@@ -532,7 +532,7 @@ def main() -> None:
     where_parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     where_parser.add_argument("--prompt-tokens", type=int, default=128)
     where_parser.add_argument("--new-tokens", type=int, default=24)
-    where_parser.add_argument("--cuda-graphs", action="store_true", help="greedy decodes as CUDA graphs")
+    where_parser.add_argument("--cuda-graphs", action="store_true", help="decode forwards as CUDA graphs")
     where_parser.add_argument("--sdpa", choices=sorted(SDPA_CHOICES), default="engine")
     args = parser.parse_args()
     if args.command == "where":

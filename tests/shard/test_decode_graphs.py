@@ -1,13 +1,13 @@
 """Decode steps on static shapes (tgi_async/shard/decode_graphs.py; on CPU the graphs' buffers run eagerly):
 padding a batch to its bucket and its keys to a context bucket changes no answer, padding rows write only the
-scratch slot, and steps a graph cannot compute (sampling, top-n tokens, prompt chunks) run eagerly."""
+scratch slot, and every sampler (seeded, top-n, penalties) reads the graphs' logits as it reads eager ones."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from shard_helpers import MAX_PREFILL_TOKENS, router_warmup_request
-from test_step_pipeline import SAMPLED, TEXTS, Router, scenario, tokens
+from test_step_pipeline import PENALIZED, SAMPLED, TEXTS, Router, scenario, tokens
 
 from tgi_async.shard.engine import Engine, EngineConfig
 from tgi_async.shard.server import ShardService
@@ -66,19 +66,24 @@ def test_padded_static_shapes_answer_every_step_as_eager_decodes(services, refer
     assert written - {cache.scratch_slot} <= with_graphs.slots
 
 
-def test_sampled_and_top_n_batches_run_eagerly(services, reference):
-    graphs = services[True].engine.graphs
-    router = Router(services[True], reference)
-    a = router.prefill(9, [router.request(31, TEXTS[2], 6, parameters=SAMPLED)])
-    b = router.prefill(10, [router.request(32, TEXTS[5], 6, top_n_tokens=2)])
-    before = graphs.steps
-    for _ in range(4):
-        a, b = router.decode(a), router.decode(b)
-    assert graphs.steps == before
-    for cached in (a, b):
-        while cached is not None:
-            cached = router.filter(router.decode(cached))
-    assert len(tokens(router)[31]) == len(tokens(router)[32]) == 6
+def test_sampled_top_n_and_penalized_decodes_answer_as_eager_ones(services, reference):
+    produced = {}
+    for on, service in services.items():
+        graphs_before = service.engine.graphs.steps if on else 0
+        router = Router(service, reference)
+        a = router.prefill(9, [router.request(31, TEXTS[2], 12, parameters=SAMPLED, top_n_tokens=2)])
+        b = router.prefill(10, [router.request(32, TEXTS[5], 12, parameters=PENALIZED)])
+        for cached in (a, b):
+            while cached is not None:
+                cached = router.filter(router.decode(cached))
+        produced[on] = [
+            (g.request_id, list(g.tokens.ids), [list(t.ids) for t in g.top_tokens])
+            for s in router.steps
+            for g in s
+        ]
+        if on:
+            assert service.engine.graphs.steps - graphs_before == 22  # 11 decodes of each
+    assert produced[True] == produced[False]
 
 
 def test_a_greedy_batch_crosses_context_buckets_padded_to_its_batch_bucket(services, reference):

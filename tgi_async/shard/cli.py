@@ -74,7 +74,7 @@ def add_parser(subparsers) -> None:
         "--cuda-graphs",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="replay greedy decode steps as CUDA graphs (CUDA; experimental: not yet measured on a GPU)",
+        help="replay decode forwards as CUDA graphs (CUDA; experimental: not yet measured on a GPU)",
     )
     serve.add_argument(
         "--num-threads",

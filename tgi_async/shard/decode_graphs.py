@@ -1,18 +1,19 @@
-"""Greedy decode steps replayed as CUDA graphs: one graph per (batch bucket, context bucket), captured on
-first use, all graphs drawing from one memory pool.
+"""Decode forwards replayed as CUDA graphs: one graph per (batch bucket, context bucket), captured on first
+use, all graphs drawing from one memory pool.
 
 An eager forward of an 8B Llama launches ~1,800 kernels per decode step; on an H200 the host needs ~50 ms to
 launch them and the GPU ~9 ms to run them (docs/benchmarks.md), so the GPU idles 83 % of the time whatever the
 pipeline around it does. A graph launches them in one call. Its shapes are fixed, so a step's B rows are
 padded to a batch bucket (padding rows read and write only the cache's scratch slot; their tokens are never
 read) and its keys to a context bucket (columns past a row's position are masked). The step's inputs are
-copied into the graph's buffers on the compute stream, the graph replays, its outputs are copied out (the
-next replay overwrites them while the host may still be reading this step's).
+copied into the graph's buffers on the compute stream, the graph replays, and the engine samples from its
+logits buffer right after, on the same stream, outside the graph (as vLLM does): every sampler works
+unchanged (seeded generators, penalties, grammars, top-n), and the buffer is read before the next replay.
 
-Only steps whose every row is a greedy decode without top-n tokens take this path; anything else runs
-eagerly. On CPU the same buffers run eagerly (no capture), so tests check on CPU that padding and buckets
-change no answer. NOTE: the capture itself has run on no GPU yet (benchmarks/gpu_overlap.py --cuda-graphs
-measures it); a capture that fails leaves its bucket eager, with a warning.
+Steps whose every row is a decode take this path; prompt chunks run eagerly. On CPU the same buffers run
+eagerly (no capture), so tests check on CPU that padding and buckets change no answer. NOTE: the capture
+itself has run on no GPU yet (benchmarks/gpu_overlap.py --cuda-graphs measures it); a capture that fails
+leaves its shape eager, with a warning.
 """
 
 from __future__ import annotations
@@ -39,12 +40,11 @@ class _Buffers:
     input_ids: torch.Tensor  # [B] long
     positions: torch.Tensor  # [B] long: each row's position (its cache length)
     slot_table: torch.Tensor  # [B, K] long: each row's slots, the scratch slot past them
-    next_ids: torch.Tensor  # [B] long
-    chosen: torch.Tensor  # [B] float: the chosen ids' logprobs
+    logits: torch.Tensor  # [B, vocab] in the model's dtype
 
 
 class DecodeGraphs:
-    """Runs eligible decode steps of `engine` with static shapes; captures CUDA graphs on CUDA."""
+    """Runs the decode forwards of `engine` with static shapes; captures CUDA graphs on CUDA."""
 
     def __init__(self, engine, context_bucket: int = CONTEXT_BUCKET):
         self.engine = engine
@@ -54,20 +54,19 @@ class DecodeGraphs:
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph | None] = {}  # None: capture failed
         self._pool = None
         self.steps = 0  # steps run here (graphs replayed, or their buffers run eagerly on CPU)
+        self.vocab_size = engine.model.get_output_embeddings().out_features
 
     def eligible(self, prepared: PreparedStep) -> bool:
-        """Every row a greedy decode without top-n tokens or prompt logprobs, and a bucket that fits."""
+        """Every row a decode (one token, sampled), and a batch bucket that fits."""
         return (
-            prepared.sampler is not None
-            and prepared.sampler.plain_greedy
-            and len(prepared.producing) == len(prepared.rows) <= BATCH_BUCKETS[-1]
+            len(prepared.producing) == len(prepared.rows) <= BATCH_BUCKETS[-1]
             and prepared.prompt is None
-            and not any(prepared.top_n)
             and all(row.chunk_len == 1 for row in prepared.rows)
         )
 
-    def run(self, prepared: PreparedStep, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's (next ids, their logprobs), `[B]` each, owned by the caller (compute stream)."""
+    def run(self, prepared: PreparedStep, input_ids: torch.Tensor) -> torch.Tensor:
+        """The step's logits `[B, vocab]`: a view of the graph's buffer, read before the next run (compute
+        stream)."""
         rows = len(prepared.rows)
         batch_bucket = next(size for size in BATCH_BUCKETS if size >= rows)
         longest = max(row.cache_len for row in prepared.rows) + 1
@@ -85,7 +84,7 @@ class DecodeGraphs:
         else:
             graph.replay()
         self.steps += 1
-        return buffers.next_ids[:rows].clone(), buffers.chosen[:rows].clone()
+        return buffers.logits[:rows]
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -100,8 +99,7 @@ class DecodeGraphs:
             slot_table=torch.full(
                 (batch_bucket, context), self.engine.cache.scratch_slot, dtype=torch.long, device=device
             ),
-            next_ids=torch.zeros(batch_bucket, dtype=torch.long, device=device),
-            chosen=torch.zeros(batch_bucket, dtype=torch.float32, device=device),
+            logits=torch.zeros(batch_bucket, self.vocab_size, dtype=self.engine.dtype, device=device),
         )
 
     def _fill(self, buffers: _Buffers, prepared: PreparedStep, input_ids: torch.Tensor) -> None:
@@ -116,7 +114,7 @@ class DecodeGraphs:
         buffers.positions[:rows].copy_(prepared.positions)
 
     def _forward(self, buffers: _Buffers) -> None:
-        """One decode forward over the buffers (what a graph captures): greedy ids and their logprobs."""
+        """One decode forward over the buffers (what a graph captures): every row's logits."""
         engine, table, positions = self.engine, buffers.slot_table, buffers.positions
         columns = torch.arange(table.shape[1], device=table.device)
         layout = attention.AttentionLayout(
@@ -136,11 +134,7 @@ class DecodeGraphs:
             logits_to_keep=0,
             **{attention.STEP_KWARG: attention.PagedStep(engine.cache, layout)},
         )
-        scores = output.logits[0].float()
-        next_ids = scores.max(dim=-1).indices
-        chosen = torch.log_softmax(scores, dim=-1).gather(1, next_ids[:, None])[:, 0]
-        buffers.next_ids.copy_(next_ids)
-        buffers.chosen.copy_(chosen)
+        buffers.logits.copy_(output.logits[0])
 
     def _capture(self, buffers: _Buffers) -> torch.cuda.CUDAGraph | None:
         """Warm up on a side stream (library handles, autotuning), then capture into the shared pool."""

@@ -71,7 +71,7 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads; None: 1 for small CPU models, else torch's
     prefix_caching: bool = True  # Info.use_prefix_caching: the router may name blocks holding a prompt prefix
     overlap: bool = True  # compute step N+1 while the host finishes step N (tgi_async/shard/step_pipeline.py)
-    cuda_graphs: bool = False  # greedy decode steps as CUDA graphs (tgi_async/shard/decode_graphs.py)
+    cuda_graphs: bool = False  # decode forwards as CUDA graphs (tgi_async/shard/decode_graphs.py)
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -241,19 +241,19 @@ class Engine:
         for handle, sources, targets in prepared.carries:
             input_ids[targets] = handle.output().next_ids.index_select(0, sources)
         if self.graphs is not None and self.graphs.eligible(prepared):
-            next_ids, chosen = self.graphs.run(prepared, input_ids)
-            return StepOutput(next_ids, chosen, None, None, time.perf_counter_ns() - start)
-        dense = self._decode_context(prepared)
-        output = self.model(
-            input_ids=input_ids[None],
-            position_ids=prepared.positions[None],
-            use_cache=False,
-            logits_to_keep=prepared.keep,
-            **{attention.STEP_KWARG: attention.PagedStep(self.cache, prepared.layout, dense)},
-        )
-        if dense is not None:
-            dense.end_step()
-        logits = output.logits[0]
+            logits = self.graphs.run(prepared, input_ids)  # sampled from below, before the next replay
+        else:
+            dense = self._decode_context(prepared)
+            output = self.model(
+                input_ids=input_ids[None],
+                position_ids=prepared.positions[None],
+                use_cache=False,
+                logits_to_keep=prepared.keep,
+                **{attention.STEP_KWARG: attention.PagedStep(self.cache, prepared.layout, dense)},
+            )
+            if dense is not None:
+                dense.end_step()
+            logits = output.logits[0]
         next_ids, chosen, logprobs = self.sample(prepared, logits)
         prompt_values = None
         if prepared.prompt is not None:

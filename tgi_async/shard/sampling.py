@@ -216,11 +216,6 @@ class BatchSampler:
         return len(self.rows)
 
     @property
-    def plain_greedy(self) -> bool:
-        """Every row takes its most likely token, nothing else applied (what a decode graph computes)."""
-        return self._plain_greedy
-
-    @property
     def reads_history(self) -> bool:
         """Whether choosing a token reads the row's previous tokens on the host (penalties, watermark) or
         state that only a real token advances (a grammar: its next mask needs the token chosen).

@@ -24,7 +24,7 @@ when its results are dropped), so preparing step N+1 never overwrites what step 
 path ran on an H200 (benchmarks/gpu_overlap.py: same tokens with overlap on and off). NOTE: eagerly, an 8B
 model's forward there is bound by its ~1,800 kernel launches per step (docs/benchmarks.md): overlap hides the
 host's work between forwards, not the launches; `--cuda-graphs` (tgi_async/shard/decode_graphs.py) replays
-greedy decodes as graphs, and has not run on a GPU yet.
+decode forwards as graphs, and has not run on a GPU yet.
 """
 
 from __future__ import annotations
