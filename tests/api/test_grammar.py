@@ -10,7 +10,7 @@ import pytest
 from tests.api.test_openai_protocol import WEATHER
 from tgi_async.api.body import DATA_PREFIX, BodyRejection, parse_json
 from tgi_async.api.config import ApiConfig
-from tgi_async.api.openai_protocol import ToolChoice
+from tgi_async.api.openai_requests import ToolChoice
 from tgi_async.api.protocol import GenerateParameters, GenerateRequest, Grammar
 from tgi_async.api.tool_calls import tool_grammar
 from tgi_async.api.validation import Validator

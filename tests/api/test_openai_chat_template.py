@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tgi_async.api.chat_template import ChatTemplate, ChatTemplateError, select_template
-from tgi_async.api.openai_protocol import DEFAULT_TOOL_PROMPT, ChatRequest, Message, Tool
+from tgi_async.api.openai_requests import DEFAULT_TOOL_PROMPT, ChatRequest, Message, Tool
 from tgi_async.tiny_model import CHAT_TEMPLATE
 
 

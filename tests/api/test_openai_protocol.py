@@ -5,20 +5,17 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from tgi_async.api.openai_protocol import (
+from tgi_async.api.openai_requests import ChatRequest, CompletionRequest, Tool, ToolChoice
+from tgi_async.api.openai_responses import (
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionComplete,
-    ChatRequest,
     CompletionChunk,
     CompletionComplete,
-    CompletionRequest,
     Logprob,
     Logprobs,
     OutputMessage,
-    Tool,
-    ToolChoice,
     TopLogprob,
     Usage,
     finish_reason,

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from tgi_async.api.openai_protocol import (
+from tgi_async.api.openai_requests import ChatRequest
+from tgi_async.api.openai_responses import (
     ChatCompletionChoice,
     ChatCompletionComplete,
-    ChatRequest,
     DeltaFunction,
     DeltaToolCall,
     ToolCallDelta,

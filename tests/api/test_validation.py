@@ -243,7 +243,7 @@ def test_default_parameters_sample():
 
 async def test_large_chats_are_templated_in_a_worker_with_the_same_text_and_errors(validator, tiny_tokenizer):
     from tgi_async.api.chat_template import ChatTemplate, ChatTemplateError
-    from tgi_async.api.openai_protocol import ChatRequest
+    from tgi_async.api.openai_requests import ChatRequest
     from tgi_async.api.validation import INLINE_RENDER_BYTES
 
     template = ChatTemplate.from_tokenizer(tiny_tokenizer)

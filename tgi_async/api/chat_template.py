@@ -22,7 +22,7 @@ import jinja2
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from tgi_async.api.openai_protocol import Message, Tool, compact_json
+from tgi_async.api.openai_requests import Message, Tool, compact_json
 
 TEMPLATE_NAME = "<string>"  # minijinja's name for a template built from a string
 TemplateKey = tuple[str, str | None, str | None]  # what builds a ChatTemplate: source, bos, eos

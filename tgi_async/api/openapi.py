@@ -14,8 +14,16 @@ from pydantic import TypeAdapter
 from starlette.responses import Response
 from typing_extensions import TypeAliasType
 
-from tgi_async.api import openai_protocol as o
 from tgi_async.api import protocol as p
+from tgi_async.api.openai_requests import ChatRequest, CompletionRequest, FunctionName
+from tgi_async.api.openai_responses import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatTokenizeResponse,
+    CompletionChunk,
+    CompletionFinal,
+    ModelsInfo,
+)
 
 TAG = "Text Generation Inference"
 REF = "#/components/schemas/"
@@ -35,19 +43,19 @@ SCHEMA_NAMES = {
 
 # What /invocations takes and answers: a generate, chat or completion body, told apart by its fields.
 SagemakerRequest = TypeAliasType(
-    "SagemakerRequest", p.CompatGenerateRequest | o.ChatRequest | o.CompletionRequest
+    "SagemakerRequest", p.CompatGenerateRequest | ChatRequest | CompletionRequest
 )
 SagemakerResponse = TypeAliasType(
-    "SagemakerResponse", list[p.GenerateResponse] | o.ChatCompletion | o.CompletionFinal
+    "SagemakerResponse", list[p.GenerateResponse] | ChatCompletion | CompletionFinal
 )
 SagemakerStreamResponse = TypeAliasType(
-    "SagemakerStreamResponse", p.StreamResponse | o.ChatCompletionChunk | o.CompletionChunk
+    "SagemakerStreamResponse", p.StreamResponse | ChatCompletionChunk | CompletionChunk
 )
 # A /v1/completions answer: an event of the stream or the whole completion.
-Completion = TypeAliasType("Completion", o.CompletionChunk | o.CompletionFinal)
+Completion = TypeAliasType("Completion", CompletionChunk | CompletionFinal)
 
 # Every documented schema, with the direction it travels in.
-_REQUESTS = (SagemakerRequest, p.GenerateRequest, p.JsonSchemaConfig, o.FunctionName)
+_REQUESTS = (SagemakerRequest, p.GenerateRequest, p.JsonSchemaConfig, FunctionName)
 _RESPONSES = (
     p.ErrorResponse,
     p.GenerateResponse,
@@ -57,8 +65,8 @@ _RESPONSES = (
     SagemakerResponse,
     SagemakerStreamResponse,
     Completion,
-    o.ChatTokenizeResponse,
-    o.ModelsInfo,
+    ChatTokenizeResponse,
+    ModelsInfo,
 )
 
 

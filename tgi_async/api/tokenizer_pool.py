@@ -23,7 +23,7 @@ from json.encoder import encode_basestring
 from typing import Any, TypeVar
 
 from tgi_async.api.chat_template import ChatTemplate, TemplateKey
-from tgi_async.api.openai_protocol import Message, Tool
+from tgi_async.api.openai_requests import Message, Tool
 from tgi_async.memory import map_large_allocations, release_freed_memory
 from tgi_async.scheduler.request import InferError
 

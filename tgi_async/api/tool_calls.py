@@ -15,15 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tgi_async.api.openai_protocol import (
-    FunctionCall,
-    FunctionDefinition,
-    Message,
-    Tool,
-    ToolCallOutput,
-    ToolChoice,
-    compact_json,
-)
+from tgi_async.api.openai_requests import FunctionDefinition, Message, Tool, ToolChoice, compact_json
+from tgi_async.api.openai_responses import FunctionCall, ToolCallOutput
 from tgi_async.api.protocol import Grammar
 from tgi_async.scheduler.request import InferError
 

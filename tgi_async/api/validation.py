@@ -19,7 +19,7 @@ from tgi_async import metrics
 from tgi_async.api.chat_template import ChatTemplate
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.grammar import grammar_regex
-from tgi_async.api.openai_protocol import Message, Tool
+from tgi_async.api.openai_requests import Message, Tool
 from tgi_async.api.protocol import GenerateParameters
 from tgi_async.api.tokenizer_pool import (
     Encoded,

@@ -24,21 +24,19 @@ from tgi_async.api.chat_template import ChatTemplate, ChatTemplateError, Templat
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import JSON_HEADERS, error_message
 from tgi_async.api.generation import generate_response, stream_responses
-from tgi_async.api.openai_protocol import (
-    DEFAULT_TOOL_PROMPT,
+from tgi_async.api.openai_requests import DEFAULT_TOOL_PROMPT, ChatRequest, Tool
+from tgi_async.api.openai_responses import (
     ApiError,
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionComplete,
-    ChatRequest,
     DeltaFunction,
     DeltaToolCall,
     Logprob,
     Logprobs,
     OpenAIErrorEvent,
     OutputMessage,
-    Tool,
     ToolCallDelta,
     ToolCallMessage,
     TopLogprob,

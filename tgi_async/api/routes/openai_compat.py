@@ -24,12 +24,11 @@ from tgi_async.api.body import read_json
 from tgi_async.api.config import ApiConfig
 from tgi_async.api.errors import JSON_HEADERS
 from tgi_async.api.generation import GenerateResult, generate_all, stream_responses
-from tgi_async.api.openai_protocol import (
-    ChatRequest,
+from tgi_async.api.openai_requests import ChatRequest, CompletionRequest
+from tgi_async.api.openai_responses import (
     CompletionChunk,
     CompletionComplete,
     CompletionFinal,
-    CompletionRequest,
     ModelInfo,
     ModelsInfo,
     Usage,

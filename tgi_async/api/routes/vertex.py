@@ -25,7 +25,7 @@ from tgi_async.api.body import DATA_PREFIX, UNSUPPORTED_MEDIA_TYPE, BodyRejectio
 from tgi_async.api.body import rejection_from_errors as serde_rejection
 from tgi_async.api.errors import JSON_HEADERS, error_response
 from tgi_async.api.generation import generate_all
-from tgi_async.api.openai_protocol import ChatRequest
+from tgi_async.api.openai_requests import ChatRequest
 from tgi_async.api.routes.chat import chat_generate_request
 from tgi_async.api.routes.common import json_response, serving, until_disconnect
 from tgi_async.scheduler.request import InferError
