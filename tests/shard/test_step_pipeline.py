@@ -4,6 +4,8 @@ chunked prompt, Decode concatenating batches); speculative writes only in the sl
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 from shard_helpers import MAX_PREFILL_TOKENS, Blocks, batch, request, router_warmup_request
@@ -11,6 +13,7 @@ from shard_helpers import MAX_PREFILL_TOKENS, Blocks, batch, request, router_war
 from tgi_async.proto import pb
 from tgi_async.shard.engine import Engine, EngineConfig
 from tgi_async.shard.server import ShardService
+from tgi_async.shard.step_inputs import PreparedStep
 
 LONG_PROMPT = " ".join(["the router sends a long prompt to the shard in several chunks of tokens"] * 6)
 TEXTS = {
@@ -196,3 +199,17 @@ def test_a_batch_whose_sampler_reads_histories_runs_one_forward_at_a_time(servic
             a = router.filter(router.decode(a))
         results[overlap] = tokens(router)
     assert results[True] == results[False]
+
+
+def test_a_long_overlapped_decode_keeps_a_bounded_number_of_steps_alive(services, reference):
+    """Each speculative step takes its input ids from the step before; that link must not keep every earlier
+    step (inputs, outputs, layouts) alive for as long as the batch decodes."""
+    router = Router(services[True], reference)
+    a = router.prefill(12, [router.request(61, TEXTS[2], 120), router.request(62, TEXTS[5], 120)])
+    for _ in range(100):
+        a = router.decode(a)
+    gc.collect()
+    alive = sum(type(o) is PreparedStep for o in gc.get_objects())
+    assert alive <= 4, f"{alive} prepared steps alive after 100 decodes"
+    while a is not None:
+        a = router.filter(router.decode(a))

@@ -238,8 +238,8 @@ class Engine:
         """Run one prepared forward and choose its tokens; the results stay on the device (compute thread)."""
         start = time.perf_counter_ns()
         input_ids = prepared.input_ids  # filled in below: a step runs once
-        for handle, sources, targets in prepared.carries:
-            input_ids[targets] = handle.output().next_ids.index_select(0, sources)
+        for source, sources, targets in prepared.carries:
+            input_ids[targets] = source.result().next_ids.index_select(0, sources)
         if self.graphs is not None and self.graphs.eligible(prepared):
             logits = self.graphs.run(prepared, input_ids)  # sampled from below, before the next replay
         else:

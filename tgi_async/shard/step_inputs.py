@@ -8,6 +8,7 @@ on the device (a `Carry`), never from the host.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ class RowInput:
     row: int  # index in the batch (its sampler row)
     cache_len: int  # positions already cached when this step runs
     chunk_len: int  # positions this step computes
-    carry: tuple[StepHandle, int] | None = None  # (step, index of its sampled ids): the input token
+    carry: tuple[StepHandle, int] | None = None  # (step, index of its sampled ids); None once in a step
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,9 @@ class PreparedStep:
     batch: ShardBatch  # whose decode context the forward uses
     rows: tuple[RowInput, ...]
     input_ids: torch.Tensor  # [T] long on the device; a carried row holds 0 until the forward fills it in
-    carries: tuple[tuple[StepHandle, torch.Tensor, torch.Tensor], ...]  # (step, its ids' index, positions)
+    # (the source step's output, the index of its sampled ids, their positions here). NOTE: the output's
+    # future, not the step: a step holding the one before it would keep every step of a decode alive.
+    carries: tuple[tuple[Future, torch.Tensor, torch.Tensor], ...]
     positions: torch.Tensor  # [T] long on the device
     slot_table: torch.Tensor  # [R, max slots] the rows' slots (the batch's table, or its rows in row order)
     layout: attention.AttentionLayout | attention.SplitLayout
@@ -149,12 +152,12 @@ def prepare_step(batch: ShardBatch, rows: Sequence[RowInput], dense_ok: bool) ->
     grammar_masks = sampler.start_grammar_masks() if sampler is not None else None
     return PreparedStep(
         batch=batch,
-        rows=tuple(rows),
+        rows=tuple(dataclasses.replace(row, carry=None) if row.carry else row for row in rows),  # as carries
         # NOTE: built here, on the device (CUDA: the H2D stream): a copy from pageable memory in the forward
         # would make the compute thread wait for the device before launching the step.
         input_ids=torch.tensor(ids, dtype=torch.long, device=device),
         carries=tuple(
-            (handle, torch.tensor(s, device=device), torch.tensor(t, device=device))
+            (handle.future, torch.tensor(s, device=device), torch.tensor(t, device=device))
             for handle, (s, t) in carried.items()
         ),
         positions=position_tensor,
