@@ -476,6 +476,9 @@ async def smoke(args) -> bool:
         engine = Engine(config)
         async with served(engine) as (_, stub):
             results[name] = smoke_summary(await smoke_generations(stub))
+        if engine.graphs is not None:
+            graphs = engine.graphs
+            print(f"smoke {name}: {graphs.steps} graph steps, shapes {graphs.shapes}, on {graphs.enabled}")
         del engine
         gc.collect()  # the device engine's cache (90 % of free memory) goes before the next one sizes its own
         if torch.cuda.is_available():

@@ -5,19 +5,23 @@ An eager forward of an 8B Llama launches ~1,800 kernels per decode step; on an H
 launch them and the GPU ~9 ms to run them (docs/benchmarks.md), so the GPU idles 83 % of the time whatever the
 pipeline around it does. A graph launches them in one call. Its shapes are fixed, so a step's B rows are
 padded to a batch bucket (padding rows read and write only the cache's scratch slot; their tokens are never
-read) and its keys to a context bucket (columns past a row's position are masked). The step's inputs are
-copied into the graph's buffers on the compute stream, the graph replays, and the engine samples from its
-logits buffer right after, on the same stream, outside the graph (as vLLM does): every sampler works
-unchanged (seeded generators, penalties, grammars, top-n), and the buffer is read before the next replay.
+read) and its keys to a context bucket, a power of two (columns past a row's position are masked). The
+step's inputs are copied into the graph's buffers on the compute stream, the graph replays, and the engine
+samples from its logits buffer right after, on the same stream, outside the graph (as vLLM does): every
+sampler works unchanged (seeded generators, penalties, grammars, top-n), and the buffer is read before the
+next replay.
 
 Steps whose every row is a decode take this path; prompt chunks run eagerly. On CPU the same buffers run
-eagerly (no capture), so tests check on CPU that padding and buckets change no answer. NOTE: the capture
-itself has run on no GPU yet (benchmarks/gpu_overlap.py --cuda-graphs measures it); a capture that fails
-leaves its shape eager, with a warning.
+eagerly (no capture), so tests check on CPU that padding and buckets change no answer. A new shape is
+captured when first used (a stall of a few forwards; power-of-two context buckets keep them few), on one
+capture stream of its own; a capture that fails turns graphs off for good (one error in the log), since a
+failed capture can leave the allocator's bookkeeping of it half open. NOTE: the capture itself has run on no
+GPU yet (benchmarks/gpu_overlap.py --cuda-graphs measures it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -29,7 +33,7 @@ from tgi_async.shard.step_inputs import PreparedStep
 logger = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
-CONTEXT_BUCKET = 256  # keys per row are padded to a multiple of this
+MIN_CONTEXT = 256  # keys per row are padded to the next power of two, at least this
 NO_POSITION = torch.iinfo(torch.int64).max  # a padded key column's position: after every query, so masked
 
 
@@ -46,10 +50,14 @@ class _Buffers:
 class DecodeGraphs:
     """Runs the decode forwards of `engine` with static shapes; captures CUDA graphs on CUDA."""
 
-    def __init__(self, engine, context_bucket: int = CONTEXT_BUCKET):
+    def __init__(self, engine, min_context: int = MIN_CONTEXT):
         self.engine = engine
-        self.context_bucket = context_bucket
+        self.min_context = min_context
         self.capture = engine.device.type == "cuda"
+        self.enabled = True  # False once a capture failed
+        # NOTE: one stream for every warmup and capture: torch hands out streams round-robin from a small
+        # pool, so a new one per capture could alias the pipeline's H2D stream, which another thread uses.
+        self._stream = torch.cuda.Stream(engine.device) if self.capture else None
         self._buffers: dict[tuple[int, int], _Buffers] = {}
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph | None] = {}  # None: capture failed
         self._pool = None
@@ -59,7 +67,8 @@ class DecodeGraphs:
     def eligible(self, prepared: PreparedStep) -> bool:
         """Every row a decode (one token, sampled), and a batch bucket that fits."""
         return (
-            len(prepared.producing) == len(prepared.rows) <= BATCH_BUCKETS[-1]
+            self.enabled
+            and len(prepared.producing) == len(prepared.rows) <= BATCH_BUCKETS[-1]
             and prepared.prompt is None
             and all(row.chunk_len == 1 for row in prepared.rows)
         )
@@ -70,7 +79,7 @@ class DecodeGraphs:
         rows = len(prepared.rows)
         batch_bucket = next(size for size in BATCH_BUCKETS if size >= rows)
         longest = max(row.cache_len for row in prepared.rows) + 1
-        context = -(-longest // self.context_bucket) * self.context_bucket
+        context = max(self.min_context, 1 << (longest - 1).bit_length())
         key = (batch_bucket, context)
         buffers = self._buffers.get(key)
         if buffers is None:
@@ -137,23 +146,33 @@ class DecodeGraphs:
         buffers.logits.copy_(output.logits[0])
 
     def _capture(self, buffers: _Buffers) -> torch.cuda.CUDAGraph | None:
-        """Warm up on a side stream (library handles, autotuning), then capture into the shared pool."""
-        shape = tuple(buffers.slot_table.shape)
+        """Warm up on the capture stream (library handles and workspaces, autotuning), then capture into the
+        shared pool. On failure: the compute stream restored, graphs off."""
+        device, shape = self.engine.device, tuple(buffers.slot_table.shape)
+        compute, stream = torch.cuda.current_stream(device), self._stream
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
         try:
-            side = torch.cuda.Stream(self.engine.device)
-            side.wait_stream(torch.cuda.current_stream(self.engine.device))
-            with torch.cuda.stream(side):
+            stream.wait_stream(compute)
+            with torch.cuda.stream(stream):
                 for _ in range(2):
                     self._forward(buffers)
-            torch.cuda.current_stream(self.engine.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
+            compute.wait_stream(stream)
             # NOTE: thread_local: the model thread keeps building the next step's inputs meanwhile
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"):
                 self._forward(buffers)
-            self._pool = graph.pool()
         except Exception as exc:
-            failure = {"shape": shape, "error": str(exc)}
-            logger.warning("decode graph capture failed: this shape runs eagerly", extra=failure)
+            torch.cuda.set_stream(compute)  # the graph context leaves the capture stream current on failure
+            compute.wait_stream(stream)
+            end_pool = getattr(torch._C, "_cuda_endAllocateToPool", None)
+            if end_pool is not None:
+                with contextlib.suppress(RuntimeError):  # already ended when the capture itself ended
+                    end_pool(device.index, self._pool)
+            self.enabled = False
+            logger.error(
+                "decode graph capture failed: CUDA graphs off", extra={"shape": shape, "error": str(exc)}
+            )
             return None
         logger.info("decode graph captured", extra={"shape": shape})
         return graph

@@ -50,6 +50,9 @@ SMALL_MODEL_PARAMETERS = 50_000_000
 # NOTE: on CUDA the cache takes this share of the memory still free after warmup's largest forward (whose
 # activations stay reserved by torch's allocator), as TGI's wiggle room does.
 CUDA_FREE_MEMORY_SHARE = 0.9
+# NOTE: decode graphs are captured after Warmup sized the cache; their shared pool grows to the largest
+# graph's intermediates (about one layer's gathered keys and values at its batch and context bucket).
+GRAPH_POOL_SHARE = 0.1
 
 
 class UnsupportedModelError(ValueError):
@@ -194,7 +197,8 @@ class Engine:
             torch.cuda.synchronize(self.device)
             free, _ = torch.cuda.mem_get_info(self.device)
             per_block = self.kv_shape.bytes_per_token * BLOCK_SIZE
-            self._allocate(int(free * CUDA_FREE_MEMORY_SHARE) // per_block + needed)
+            share = CUDA_FREE_MEMORY_SHARE - (GRAPH_POOL_SHARE if self.graphs is not None else 0.0)
+            self._allocate(int(free * share) // per_block + needed)
         supported = self.cache.num_slots
         if request.HasField("max_total_tokens"):
             max_total = request.max_total_tokens

@@ -205,7 +205,12 @@ class StepPipeline:
             else:
                 with torch.cuda.stream(self._streams.compute):
                     self._streams.compute.wait_event(prepared.ready)
-                    output = self._streams.copy_to_host(self.engine.execute(prepared))
+                    try:
+                        output = self._streams.copy_to_host(self.engine.execute(prepared))
+                    except BaseException:
+                        # the kernels it queued may still read its inputs, which are freed once it fails
+                        self._streams.compute.synchronize()
+                        raise
                 while self._launched and self._launched[0][1].copied.query():
                     self._launched.popleft()
                 self._launched.append((prepared, output))
