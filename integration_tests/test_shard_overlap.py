@@ -39,17 +39,20 @@ ANSWER_TIMEOUT_S = 90.0
 
 @dataclass
 class Stack:
+    name: str
     url: str
     shard: ChildProcess
     router: ChildProcess
 
     def hang_report(self) -> str:
-        """Both children's thread stacks (SIGUSR1: tgi_async/cli.py) and the ends of their logs."""
+        """Both children's thread stacks (SIGUSR1: tgi_async/cli.py), their event loops' tasks (SIGUSR2:
+        tgi_async/event_loop.py) and the ends of their logs."""
         for child in (self.shard, self.router):
-            if child.alive():
-                child.popen.send_signal(signal.SIGUSR1)
-        time.sleep(1.0)  # faulthandler writes from a signal handler, at once; the file is read after
-        return "\n".join(f"--- {c.name} log:\n{c.log_tail(300)}" for c in (self.shard, self.router))
+            for signum in (signal.SIGUSR1, signal.SIGUSR2):
+                if child.alive():
+                    child.popen.send_signal(signum)
+        time.sleep(2.0)  # both are written at once from the handlers; the logs are read after
+        return "\n".join(f"--- {c.name} log:\n{c.log_tail(2000)}" for c in (self.shard, self.router))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def stacks(tiny_model_dir: Path) -> Iterator[dict[str, Stack]]:
             children.append(shard)
             router, url = start_router(tiny_model_dir, socket_path, "--scheduler", scheduler)
             children.append(router)
-            made[name] = Stack(url, shard, router)
+            made[name] = Stack(name, url, shard, router)
         yield made
     finally:
         for child in reversed(children):
@@ -90,7 +93,8 @@ async def generate_all(stack: Stack, count: int) -> list[dict]:
             for task in pending:
                 task.cancel()
             pytest.fail(
-                f"{len(unanswered)} of {count} requests unanswered after {ANSWER_TIMEOUT_S:g} s: "
+                f"{stack.name}: {len(unanswered)} of {count} requests unanswered after "
+                f"{ANSWER_TIMEOUT_S:g} s: "
                 f"{[(i, parameters(i)) for i in unanswered[:8]]}\n{stack.hang_report()}"
             )
         return [task.result() for task in tasks]
