@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +43,14 @@ class Stack:
     shard: ChildProcess
     router: ChildProcess
 
-    def hang_report(self) -> str:
+    async def hang_report(self) -> str:
         """Both children's thread stacks (SIGUSR1: tgi_async/cli.py), their event loops' tasks (SIGUSR2:
         tgi_async/event_loop.py) and the ends of their logs."""
         for child in (self.shard, self.router):
             for signum in (signal.SIGUSR1, signal.SIGUSR2):
                 if child.alive():
                     child.popen.send_signal(signum)
-        time.sleep(2.0)  # both are written at once from the handlers; the logs are read after
+        await asyncio.sleep(2.0)  # both are written at once from the handlers; the logs are read after
         return "\n".join(f"--- {c.name} log:\n{c.log_tail(2000)}" for c in (self.shard, self.router))
 
 
@@ -87,15 +86,21 @@ async def generate_all(stack: Stack, count: int) -> list[dict]:
             return response.json()
 
         tasks = [asyncio.create_task(one(i)) for i in range(count)]
-        _, pending = await asyncio.wait(tasks, timeout=ANSWER_TIMEOUT_S)
+        first_failure = asyncio.FIRST_EXCEPTION
+        done, pending = await asyncio.wait(tasks, timeout=ANSWER_TIMEOUT_S, return_when=first_failure)
+        failed = [task for task in done if task.exception() is not None]
+        # NOTE: the stacks before the unanswered clients leave (leaving changes what the router waits for)
+        report = await stack.hang_report() if pending and not failed else ""
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
         if pending:
             unanswered = [i for i, task in enumerate(tasks) if task in pending]
-            for task in pending:
-                task.cancel()
             pytest.fail(
                 f"{stack.name}: {len(unanswered)} of {count} requests unanswered after "
-                f"{ANSWER_TIMEOUT_S:g} s: "
-                f"{[(i, parameters(i)) for i in unanswered[:8]]}\n{stack.hang_report()}"
+                f"{ANSWER_TIMEOUT_S:g} s: {[(i, parameters(i)) for i in unanswered[:8]]}\n{report}"
             )
         return [task.result() for task in tasks]
 
