@@ -4,7 +4,9 @@ router (sync) + shard (one forward at a time) answer, for concurrent requests en
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,10 +31,33 @@ def parameters(i: int) -> dict:
     return chosen
 
 
+# NOTE: 96 requests take ~1 s on an idle 2-core machine, a few seconds loaded: one unanswered after this long
+# is a hang, reported with the requests left and the children's stacks, well before pytest's 300 s.
+ANSWER_TIMEOUT_S = 90.0
+
+
+@dataclass
+class Stack:
+    name: str
+    url: str
+    shard: ChildProcess
+    router: ChildProcess
+
+    async def hang_report(self) -> str:
+        """Both children's thread stacks (SIGUSR1: tgi_async/cli.py), their event loops' tasks (SIGUSR2:
+        tgi_async/event_loop.py) and the ends of their logs."""
+        for child in (self.shard, self.router):
+            for signum in (signal.SIGUSR1, signal.SIGUSR2):
+                if child.alive():
+                    child.popen.send_signal(signum)
+        await asyncio.sleep(2.0)  # both are written at once from the handlers; the logs are read after
+        return "\n".join(f"--- {c.name} log:\n{c.log_tail(2000)}" for c in (self.shard, self.router))
+
+
 @pytest.fixture(scope="module")
-def stacks(tiny_model_dir: Path) -> Iterator[dict[str, str]]:
+def stacks(tiny_model_dir: Path) -> Iterator[dict[str, Stack]]:
     children: list[ChildProcess] = []
-    urls = {}
+    made = {}
     try:
         for name, shard_flag, scheduler in (
             ("overlap", "--overlap", "async"),
@@ -40,24 +65,44 @@ def stacks(tiny_model_dir: Path) -> Iterator[dict[str, str]]:
         ):
             shard, socket_path = start_bundled_shard(tiny_model_dir, shard_flag)
             children.append(shard)
-            router, urls[name] = start_router(tiny_model_dir, socket_path, "--scheduler", scheduler)
+            router, url = start_router(tiny_model_dir, socket_path, "--scheduler", scheduler)
             children.append(router)
-        yield urls
+            made[name] = Stack(name, url, shard, router)
+        yield made
     finally:
         for child in reversed(children):
             child.stop()
 
 
-async def generate_all(url: str, count: int) -> list[dict]:
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=128)) as client:
+async def generate_all(stack: Stack, count: int) -> list[dict]:
+    """Every request's answer; fails naming the requests not answered in ANSWER_TIMEOUT_S (a hang)."""
+    limits = httpx.Limits(max_connections=128)
+    async with httpx.AsyncClient(timeout=ANSWER_TIMEOUT_S + 30, limits=limits) as client:
 
         async def one(i: int) -> dict:
             body = {"inputs": prompt(i), "parameters": parameters(i)}
-            response = await client.post(f"{url}/generate", json=body)
-            assert response.status_code == 200, response.text
+            response = await client.post(f"{stack.url}/generate", json=body)
+            assert response.status_code == 200, f"request {i}: {response.text}"
             return response.json()
 
-        return await asyncio.gather(*(one(i) for i in range(count)))
+        tasks = [asyncio.create_task(one(i)) for i in range(count)]
+        first_failure = asyncio.FIRST_EXCEPTION
+        done, pending = await asyncio.wait(tasks, timeout=ANSWER_TIMEOUT_S, return_when=first_failure)
+        failed = [task for task in done if task.exception() is not None]
+        # NOTE: the stacks before the unanswered clients leave (leaving changes what the router waits for)
+        report = await stack.hang_report() if pending and not failed else ""
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+        if pending:
+            unanswered = [i for i, task in enumerate(tasks) if task in pending]
+            pytest.fail(
+                f"{stack.name}: {len(unanswered)} of {count} requests unanswered after "
+                f"{ANSWER_TIMEOUT_S:g} s: {[(i, parameters(i)) for i in unanswered[:8]]}\n{report}"
+            )
+        return [task.result() for task in tasks]
 
 
 def essentials(answer: dict) -> tuple:
@@ -66,7 +111,9 @@ def essentials(answer: dict) -> tuple:
     return answer["generated_text"], details["finish_reason"], details["generated_tokens"], tokens
 
 
-async def test_async_router_and_overlapped_shard_answer_as_sync_and_one_forward_at_a_time(stacks) -> None:
+async def test_async_router_and_overlapped_shard_answer_as_sync_and_one_forward_at_a_time(
+    stacks: dict[str, Stack],
+) -> None:
     overlapped = await generate_all(stacks["overlap"], 96)
     plain = await generate_all(stacks["plain"], 96)
     assert [essentials(a) for a in overlapped] == [essentials(a) for a in plain]

@@ -50,6 +50,7 @@ def strict(
     accept_rate: float = 0.7,
     step_ms: float = 0.0,
     start_delay_s: float = 0.0,
+    skip_stopped: bool = False,
 ) -> InProcessShard:
     """A strict shard of `kind` (KINDS) in this process, warmed up by the caller."""
     profile_kind, block_size = KINDS[kind]
@@ -62,7 +63,9 @@ def strict(
         forward_floor_ms=step_ms,
         kv_bytes_per_token=int(load_profile("test").free_kv_bytes(PREFILL_TOKENS) // KV_TOKENS),
     )
-    shard = StrictShard(profile, length_tokenizer, eos_token_id=2, seed=7, eos_rate=eos_rate)
+    shard = StrictShard(
+        profile, length_tokenizer, eos_token_id=2, seed=7, eos_rate=eos_rate, skip_stopped=skip_stopped
+    )
     executor = SerialExecutor(
         time_scale=1.0 if step_ms else 0.0,
         start_delay_s=start_delay_s,

@@ -161,3 +161,27 @@ async def test_a_hung_shard_fails_every_request_and_turns_health_red(policy: str
         await scheduler.stop()
     assert all(how == "error" for _, how in results)
     assert scheduler.state.running == {}
+
+
+async def test_a_request_that_ended_before_its_batch_vanished_is_released() -> None:
+    """The bundled shard never computes a stopped request again, so the answer in which its batch vanishes
+    names only the requests that stopped in that step. A request that had ended one step before, and could
+    not be filtered out (a join was in flight), kept its entry and KV blocks in the router for good."""
+    shard = strict("flashinfer", step_ms=30.0, skip_stopped=True)
+    scheduler = await start_scheduler(shard, "async")
+    try:
+        # a ends with the 4th step's token, b with the 5th; x (one token) joins in that 5th step
+        first = asyncio.gather(*(generate(scheduler, request(n, 4, m)) for n, m in (("a", 4), ("b", 5))))
+        pipeline = scheduler.pipeline
+        while not (  # noqa: ASYNC110 - the loop's own state, polled: steps 3 and 4 in flight
+            [c.kind for c in pipeline.calls] == ["decode", "decode"]
+            and [r.tokens for r in pipeline.rows.values()] == [2, 2]
+        ):
+            await asyncio.sleep(0.001)
+        joined = generate(scheduler, request("x", 4, 1))
+        results = await asyncio.wait_for(asyncio.gather(first, joined), 10)
+        assert [how for _, how in results[0]] == ["end", "end"] and results[1][1] == "end"
+        await settle(scheduler)
+        conserved(scheduler, shard)
+    finally:
+        await scheduler.stop()

@@ -1,7 +1,8 @@
 """Both schedulers' real loops against the strict TGI-semantics shard (in process), under hypothesis: random
 arrivals, prompt and output lengths, EOS, client disconnects, speculation, calls started in adversarial
 order, injected failures, batches up to 256, on every shard kind TGI has (flashinfer: block 1 + chunking;
-paged: block 16, no chunking; flashdecoding: block 256 + chunking; padded CausalLM).
+paged: block 16, no chunking; flashdecoding: block 256 + chunking; padded CausalLM), and with the bundled
+shard's way of never computing or naming a stopped request again (`skip_stopped`).
 
 Every example checks: no request lost, hung or duplicated (tokens 1..n in order, n as the shard's stream
 says); an error only where a fault was injected, and then an error, never silence; no KV write outside an
@@ -56,6 +57,7 @@ class Case:
     eos_rate: float
     reorder_seed: int | None
     fault: tuple[int, FaultKind] | None
+    skip_stopped: bool = False  # the bundled shard's way: a stopped request is computed and named no more
 
 
 def request(index: int, spec: Spec) -> GenerateRequest:
@@ -111,6 +113,7 @@ async def run(case: Case, specs: list[Spec]) -> None:
         case.reorder_seed,
         case.fault,
         timeout=0.2 if hangs else None,
+        skip_stopped=case.skip_stopped,
     )
     scheduler = await start_scheduler(shard, case.policy)
     try:
@@ -158,6 +161,7 @@ cases = st.builds(
     eos_rate=st.sampled_from([0.0, 0.05, 0.3]),
     reorder_seed=st.none() | st.integers(0, 1 << 16),
     fault=st.none() | st.tuples(st.integers(1, 30), st.sampled_from(["fail", "crash", "hang"])),
+    skip_stopped=st.booleans(),
 )
 
 

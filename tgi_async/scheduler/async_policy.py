@@ -183,12 +183,14 @@ class AsyncScheduler(SchedulerCore):
         if self.state.waiting:
             self.wakeup.set()  # the prompt in progress may be done: the prefill loop may admit the next
         if result.batch is None:
-            # Every request the shard held in the batch finished in this step: it dropped the batch. Calls
-            # queued behind this one will find it gone (expected); a join among them brings its requests again
-            # in a new batch, so only the requests this step computed leave.
-            self.pipeline.vanish(call.batch_id)
-            for generation in result.generations:
-                self.state.release(generation.request_id)
+            # Every request the shard held in the batch has finished: it dropped the batch. Calls queued
+            # behind this one will find it gone (expected); a join among them brings its requests again in a
+            # new batch, so only the requests this step computed leave, and those that ended before it and
+            # were not filtered out yet (the bundled shard computes and names a stopped request no more).
+            rows = self.pipeline.vanish(call.batch_id)
+            gone = {g.request_id for g in result.generations} | {r.id for r in rows if not r.entry.live}
+            for request_id in gone:
+                self.state.release(request_id)
             self.wakeup.set()
         # NOTE: TGI's span also holds the FilterBatch call; here filters are pipelined calls of their own.
         method = "prefill" if call.new_batch is not None else "decode"

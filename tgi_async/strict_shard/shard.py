@@ -53,6 +53,10 @@ class StrictShard:
     # request its from_pb cannot build (a grammar that does not compile, tokenizers not aligned): ValueError,
     # INTERNAL, before any cached batch is taken; nothing is cached and the shard goes on.
     refuse_prompts: tuple[str, ...] = ()
+    # TEST ONLY: the bundled shard's way (tgi_async/shard/engine.py `step`): a stopped request is never
+    # computed again and reports nothing, so a batch's last answer may not name the requests that stopped
+    # before it. TGI's shards compute and report every request of the batch.
+    skip_stopped: bool = False
 
     def __post_init__(self) -> None:
         self.ledger = KvLedger(self.profile.block_size)
@@ -279,6 +283,8 @@ class StrictShard:
         """Compute one forward of `r`: write its KV, return its Generation (None mid-prompt) and whether it
         stopped in this step."""
         if r.stopped:
+            if self.skip_stopped:
+                return None, True
             r.steps_after_stop += 1
         if r.prefilling:
             for position in range(r.cache_len, r.cache_len + r.chunk):
