@@ -101,3 +101,22 @@ def test_a_greedy_batch_crosses_context_buckets_padded_to_its_batch_bucket(servi
         assert produced[40 + i] == reference.greedy(text, 40)
     contexts = {keys for rows, keys in graphs.shapes if rows == 4}
     assert {32, 64} <= contexts  # prompts of 5-20 tokens + 40 new ones, in power-of-two buckets
+
+
+def test_shapes_past_the_key_budget_run_eagerly(services, reference):
+    graphs = services[True].engine.graphs
+    graphs.max_keys = 2 * 32  # the 2-row batch fits while its contexts are within 32 keys, then runs eagerly
+    try:
+        router = Router(services[True], reference)
+        before = graphs.steps
+        cached = router.prefill(
+            13, [router.request(70 + i, text, 30) for i, text in enumerate([TEXTS[2], TEXTS[6]])]
+        )
+        while cached is not None:
+            cached = router.filter(router.decode(cached))
+        services[True].engine.pipeline.settle()
+    finally:
+        graphs.max_keys = 1 << 20
+    ran = graphs.steps - before
+    assert 0 < ran < 29  # the first steps on graphs, the rest eagerly
+    assert tokens(router)[70] == reference.greedy(TEXTS[2], 30)

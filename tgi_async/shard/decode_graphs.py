@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 MIN_CONTEXT = 256  # keys per row are padded to the next power of two, at least this
 NO_POSITION = torch.iinfo(torch.int64).max  # a padded key column's position: after every query, so masked
+# NOTE: a graph's pool holds its largest intermediate, one layer's gathered keys and values (rows x keys x
+# kv heads x head size each); shapes past this many row-keys run eagerly (8B shape: 2 x 2 GiB at 2^20).
+MAX_GRAPH_KEYS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +53,9 @@ class _Buffers:
 class DecodeGraphs:
     """Runs the decode forwards of `engine` with static shapes; captures CUDA graphs on CUDA."""
 
-    def __init__(self, engine, min_context: int = MIN_CONTEXT):
+    def __init__(self, engine, min_context: int = MIN_CONTEXT, max_keys: int = MAX_GRAPH_KEYS):
         self.engine = engine
-        self.min_context = min_context
+        self.min_context, self.max_keys = min_context, max_keys
         self.capture = engine.device.type == "cuda"
         self.enabled = True  # False once a capture failed
         # NOTE: one stream for every warmup and capture: torch hands out streams round-robin from a small
@@ -65,25 +68,30 @@ class DecodeGraphs:
         self.vocab_size = engine.model.get_output_embeddings().out_features
 
     def eligible(self, prepared: PreparedStep) -> bool:
-        """Every row a decode (one token, sampled), and a batch bucket that fits."""
-        return (
+        """Every row a decode (one token, sampled), and a shape within the buckets and MAX_GRAPH_KEYS."""
+        if not (
             self.enabled
             and len(prepared.producing) == len(prepared.rows) <= BATCH_BUCKETS[-1]
             and prepared.prompt is None
             and all(row.chunk_len == 1 for row in prepared.rows)
-        )
+        ):
+            return False
+        batch_bucket, context = self.shape(prepared)
+        return batch_bucket * context <= self.max_keys
+
+    def shape(self, prepared: PreparedStep) -> tuple[int, int]:
+        """(batch bucket, keys per row) of a decode step."""
+        batch_bucket = next(size for size in BATCH_BUCKETS if size >= len(prepared.rows))
+        longest = max(row.cache_len for row in prepared.rows) + 1
+        return batch_bucket, max(self.min_context, 1 << (longest - 1).bit_length())
 
     def run(self, prepared: PreparedStep, input_ids: torch.Tensor) -> torch.Tensor:
         """The step's logits `[B, vocab]`: a view of the graph's buffer, read before the next run (compute
         stream)."""
-        rows = len(prepared.rows)
-        batch_bucket = next(size for size in BATCH_BUCKETS if size >= rows)
-        longest = max(row.cache_len for row in prepared.rows) + 1
-        context = max(self.min_context, 1 << (longest - 1).bit_length())
-        key = (batch_bucket, context)
+        rows, key = len(prepared.rows), self.shape(prepared)
         buffers = self._buffers.get(key)
         if buffers is None:
-            buffers = self._buffers[key] = self._allocate(batch_bucket, context)
+            buffers = self._buffers[key] = self._allocate(*key)
         self._fill(buffers, prepared, input_ids)
         graph = self._graphs.get(key, False)
         if graph is False:
