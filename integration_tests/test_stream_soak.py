@@ -10,7 +10,10 @@ non-streamed twin), stop sequences, seeds, lengths, prompts holding special toke
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from transformers import AutoTokenizer
 
 from integration_tests.conftest import launch, tgi_shard_available
 from integration_tests.stream_text import joined_chat, joined_completion, joined_tokens, sse_data
+from tgi_async.launcher.processes import ChildProcess
 from tgi_async.shard.detokenize import REPLACEMENT_CHARACTER, special_token_ids
 
 CASES = 2000  # 3,000 requests: a /generate_stream alone, an OpenAI route with its non-streamed twin
@@ -157,12 +161,42 @@ def assert_no_mismatch(mismatches: dict[str, list[str]], cases: int) -> None:
     assert not mismatches, f"{len(mismatches)} of {cases} cases mismatch ({dict(kinds)}):\n{shown}"
 
 
+# NOTE: the soak takes 30-60 s on a 2-core machine, loaded or not: still running after this long is a hang,
+# reported with the router's and shard's stacks well before pytest's 300 s.
+SOAK_TIMEOUT_S = 200.0
+
+
+async def hang_report(launcher: ChildProcess) -> str:
+    """Every thread's stack (SIGUSR1) and event-loop task (SIGUSR2) of the launcher's children: its log."""
+    for pid in child_pids(launcher.popen.pid):
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    await asyncio.sleep(2.0)
+    return launcher.log_tail(3000)
+
+
+def child_pids(parent: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
 @pytest.mark.parametrize("scheduler", ["async", "sync"])
 async def test_streams_join_to_the_final_text(tiny_model_dir: Path, scheduler: str) -> None:
     flags = ("--shard", "bundled", "--scheduler", scheduler, "--max-concurrent-requests", "256")
     child, url = launch(tiny_model_dir, *flags)
     try:
-        mismatches = await soak(url, Vocabulary.of(tiny_model_dir), soak_cases(CASES))
+        running = asyncio.ensure_future(soak(url, Vocabulary.of(tiny_model_dir), soak_cases(CASES)))
+        done, _ = await asyncio.wait([running], timeout=SOAK_TIMEOUT_S)
+        if not done:
+            report = await hang_report(child)
+            running.cancel()
+            pytest.fail(f"the soak still runs after {SOAK_TIMEOUT_S:g} s: a hang\n{report}")
+        mismatches = running.result()
     finally:
         assert child.stop(timeout=30) == 0, child.log_tail()
     assert_no_mismatch(mismatches, CASES)
