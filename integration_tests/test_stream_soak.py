@@ -142,8 +142,11 @@ async def check_openai(client: httpx.AsyncClient, case: Case, vocabulary: Vocabu
 async def soak(url: str, vocabulary: Vocabulary, cases: list[Case]) -> dict[str, list[str]]:
     """{case: its problems} for every case that has one."""
     gate = asyncio.Semaphore(CONCURRENCY)
-    # NOTE: idle connections expire before the server's keep-alive does, so none is reused as it closes
-    limits = httpx.Limits(max_connections=2 * CONCURRENCY, keepalive_expiry=1)
+    # NOTE: idle connections expire before the server's keep-alive does, so none is reused as it closes; and
+    # the pool never fills (an OpenAI case holds 2 connections, so 48 cases could hold all of 2 x 48): twice
+    # in CI the soak stalled with the router and the shard idle, no request in progress on the server, its
+    # client waiting (a full httpx pool whose connections expire is the suspect; not reproduced alone)
+    limits = httpx.Limits(max_connections=4 * CONCURRENCY, keepalive_expiry=1)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
 
         async def run(case: Case) -> list[str]:
