@@ -143,9 +143,10 @@ async def soak(url: str, vocabulary: Vocabulary, cases: list[Case]) -> dict[str,
     """{case: its problems} for every case that has one."""
     gate = asyncio.Semaphore(CONCURRENCY)
     # NOTE: idle connections expire before the server's keep-alive does, so none is reused as it closes; and
-    # the pool never fills (an OpenAI case holds 2 connections, so 48 cases could hold all of 2 x 48): twice
-    # in CI the soak stalled with the router and the shard idle, no request in progress on the server, its
-    # client waiting (a full httpx pool whose connections expire is the suspect; not reproduced alone)
+    # the pool never fills (an OpenAI case holds 2 connections, so 48 cases could hold all of 2 x 48). Twice
+    # in CI the soak stalled with the router and the shard idle and no request in progress on the server:
+    # httpcore 1.0.9 can close a connection it already gave a queued request, which then waits for its read
+    # timeout (encode/httpcore#1110); requests queue only in a full pool.
     limits = httpx.Limits(max_connections=4 * CONCURRENCY, keepalive_expiry=1)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
 
