@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc.aio
 import torch
 
-from benchmarks.shard_step import GREEDY, ShardRun, Slots, _warmup_batch, shard_run
+from benchmarks.shard_step import ShardRun, Slots, _warmup_batch, make_request, shard_run
 from benchmarks.stats import median, percentile
 from tgi_async.proto import ShardStub, pb
 from tgi_async.shard import attention
@@ -403,24 +403,12 @@ def smoke_request(i: int, slots: Slots) -> pb.Request:
     """Mixed lengths (1-40 new tokens); every 5th seeded sampling, every 9th prompt logprobs, every 6th
     top-3 tokens."""
     text = " ".join(SMOKE_WORDS[(i * 7 + j) % len(SMOKE_WORDS)] for j in range(2 + i % 23))
-    new_tokens = 1 + (i * 11) % 40
-    parameters = pb.NextTokenChooserParameters()
-    parameters.CopyFrom(GREEDY)
+    message = make_request(i, text, slots, 1 + (i * 11) % 40)
     if i % 5 == 0:
-        parameters.do_sample, parameters.seed, parameters.temperature, parameters.top_k = True, i, 0.7, 30
-    blocks, slot_list = slots.take(len(text) + 2 + new_tokens)
-    return pb.Request(
-        id=i,
-        inputs=text,
-        input_chunks=pb.Input(chunks=[pb.InputChunk(text=text)]),
-        parameters=parameters,
-        stopping_parameters=pb.StoppingCriteriaParameters(max_new_tokens=new_tokens, ignore_eos_token=True),
-        add_special_tokens=True,
-        prefill_logprobs=i % 9 == 0,
-        top_n_tokens=3 if i % 6 == 0 else 0,
-        blocks=blocks,
-        slots=slot_list,
-    )
+        chooser = message.parameters
+        chooser.do_sample, chooser.seed, chooser.temperature, chooser.top_k = True, i, 0.7, 30
+    message.prefill_logprobs, message.top_n_tokens = i % 9 == 0, 3 if i % 6 == 0 else 0
+    return message
 
 
 async def smoke_generations(stub) -> dict[int, list[pb.Generation]]:

@@ -67,28 +67,25 @@ class DecodeGraphs:
         self.steps = 0  # steps run here (graphs replayed, or their buffers run eagerly on CPU)
         self.vocab_size = engine.model.get_output_embeddings().out_features
 
-    def eligible(self, prepared: PreparedStep) -> bool:
-        """Every row a decode (one token, sampled), and a shape within the buckets and MAX_GRAPH_KEYS."""
+    def shape(self, prepared: PreparedStep) -> tuple[int, int] | None:
+        """(batch bucket, keys per row) of a step a graph can run: every row a decode (one token, sampled),
+        within the buckets and MAX_GRAPH_KEYS; None for any other step."""
         if not (
             self.enabled
             and len(prepared.producing) == len(prepared.rows) <= BATCH_BUCKETS[-1]
             and prepared.prompt is None
             and all(row.chunk_len == 1 for row in prepared.rows)
         ):
-            return False
-        batch_bucket, context = self.shape(prepared)
-        return batch_bucket * context <= self.max_keys
-
-    def shape(self, prepared: PreparedStep) -> tuple[int, int]:
-        """(batch bucket, keys per row) of a decode step."""
+            return None
         batch_bucket = next(size for size in BATCH_BUCKETS if size >= len(prepared.rows))
         longest = max(row.cache_len for row in prepared.rows) + 1
-        return batch_bucket, max(self.min_context, 1 << (longest - 1).bit_length())
+        context = max(self.min_context, 1 << (longest - 1).bit_length())
+        return (batch_bucket, context) if batch_bucket * context <= self.max_keys else None
 
-    def run(self, prepared: PreparedStep, input_ids: torch.Tensor) -> torch.Tensor:
-        """The step's logits `[B, vocab]`: a view of the graph's buffer, read before the next run (compute
-        stream)."""
-        rows, key = len(prepared.rows), self.shape(prepared)
+    def run(self, prepared: PreparedStep, input_ids: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+        """The logits `[B, vocab]` of a step of shape `key`: a view of the graph's buffer, read before the
+        next run (compute stream)."""
+        rows = len(prepared.rows)
         buffers = self._buffers.get(key)
         if buffers is None:
             buffers = self._buffers[key] = self._allocate(*key)

@@ -244,8 +244,11 @@ class Engine:
         input_ids = prepared.input_ids  # filled in below: a step runs once
         for source, sources, targets in prepared.carries:
             input_ids[targets] = source.result().next_ids.index_select(0, sources)
-        if self.graphs is not None and self.graphs.eligible(prepared):
-            logits = self.graphs.run(prepared, input_ids)  # sampled from below, before the next replay
+        graph_shape = self.graphs.shape(prepared) if self.graphs is not None else None
+        if graph_shape is not None:
+            logits = self.graphs.run(
+                prepared, input_ids, graph_shape
+            )  # sampled below, before the next replay
         else:
             dense = self._decode_context(prepared)
             output = self.model(
