@@ -4,7 +4,6 @@ router (sync) + shard (one forward at a time) answer, for concurrent requests en
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from integration_tests.hang_report import client_report, dump_process_stacks, tcp_report
 from tgi_async.launcher.processes import ChildProcess, start_bundled_shard, start_router
 
 WORDS = "the batch decode prefill stream router shard queue kernel tensor cache block slot".split()
@@ -43,15 +43,15 @@ class Stack:
     shard: ChildProcess
     router: ChildProcess
 
-    async def hang_report(self) -> str:
-        """Both children's thread stacks (SIGUSR1: tgi_async/cli.py), their event loops' tasks (SIGUSR2:
-        tgi_async/event_loop.py) and the ends of their logs."""
-        for child in (self.shard, self.router):
-            for signum in (signal.SIGUSR1, signal.SIGUSR2):
-                if child.alive():
-                    child.popen.send_signal(signum)
-        await asyncio.sleep(2.0)  # both are written at once from the handlers; the logs are read after
-        return "\n".join(f"--- {c.name} log:\n{c.log_tail(2000)}" for c in (self.shard, self.router))
+    async def hang_report(self, pending: set[asyncio.Task], client: httpx.AsyncClient) -> str:
+        """Where the client's unanswered requests wait, the TCP sockets to the router, and the ends of both
+        children's logs with their threads' and tasks' stacks (integration_tests/hang_report.py)."""
+        port = httpx.URL(self.url).port
+        assert port is not None
+        first = [client_report(pending, client), tcp_report(port)]  # before the dumps change anything
+        await dump_process_stacks(child.popen.pid for child in (self.shard, self.router) if child.alive())
+        logs = [f"--- {c.name} log:\n{c.log_tail(3000)}" for c in (self.shard, self.router)]
+        return "\n".join(first + logs)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ async def generate_all(stack: Stack, count: int) -> list[dict]:
         done, pending = await asyncio.wait(tasks, timeout=ANSWER_TIMEOUT_S, return_when=first_failure)
         failed = [task for task in done if task.exception() is not None]
         # NOTE: the stacks before the unanswered clients leave (leaving changes what the router waits for)
-        report = await stack.hang_report() if pending and not failed else ""
+        report = await stack.hang_report(pending, client) if pending and not failed else ""
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

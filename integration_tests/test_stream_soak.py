@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,8 +23,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from integration_tests.conftest import launch, tgi_shard_available
+from integration_tests.hang_report import client_report, dump_process_stacks, tcp_report
 from integration_tests.stream_text import joined_chat, joined_completion, joined_tokens, sse_data
-from tgi_async.launcher.processes import ChildProcess
 from tgi_async.shard.detokenize import REPLACEMENT_CHARACTER, special_token_ids
 
 CASES = 2000  # 3,000 requests: a /generate_stream alone, an OpenAI route with its non-streamed twin
@@ -139,14 +137,15 @@ async def check_openai(client: httpx.AsyncClient, case: Case, vocabulary: Vocabu
     return [] if joined == text else [f"joined stream {joined!r} != non-streamed {text!r}"]
 
 
+class Hang(Exception):
+    """The soak still ran after SOAK_TIMEOUT_S; the message says where the client and the sockets wait."""
+
+
 async def soak(url: str, vocabulary: Vocabulary, cases: list[Case]) -> dict[str, list[str]]:
     """{case: its problems} for every case that has one."""
     gate = asyncio.Semaphore(CONCURRENCY)
     # NOTE: idle connections expire before the server's keep-alive does, so none is reused as it closes; and
-    # the pool never fills (an OpenAI case holds 2 connections, so 48 cases could hold all of 2 x 48). Twice
-    # in CI the soak stalled with the router and the shard idle and no request in progress on the server:
-    # httpcore 1.0.9 can close a connection it already gave a queued request, which then waits for its read
-    # timeout (encode/httpcore#1110); requests queue only in a full pool.
+    # the pool never fills (an OpenAI case holds 2 connections, so 48 cases could hold all of 2 x 48).
     limits = httpx.Limits(max_connections=4 * CONCURRENCY, keepalive_expiry=1)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
 
@@ -155,7 +154,14 @@ async def soak(url: str, vocabulary: Vocabulary, cases: list[Case]) -> dict[str,
                 check = check_generate if case.route == "generate" else check_openai
                 return await check(client, case, vocabulary)
 
-        results = await asyncio.gather(*(run(case) for case in cases))
+        tasks = [asyncio.ensure_future(run(case)) for case in cases]
+        _, pending = await asyncio.wait(tasks, timeout=SOAK_TIMEOUT_S)
+        if pending:
+            report = [client_report(pending, client), tcp_report(client.base_url.port or 80)]
+            for task in pending:
+                task.cancel()
+            raise Hang("\n".join(report))
+        results = [task.result() for task in tasks]
     return {repr(case): problems for case, problems in zip(cases, results, strict=True) if problems}
 
 
@@ -168,16 +174,6 @@ def assert_no_mismatch(mismatches: dict[str, list[str]], cases: int) -> None:
 # NOTE: the soak takes 30-60 s on a 2-core machine, loaded or not: still running after this long is a hang,
 # reported with the router's and shard's stacks well before pytest's 300 s.
 SOAK_TIMEOUT_S = 200.0
-
-
-async def hang_report(launcher: ChildProcess) -> str:
-    """Every thread's stack (SIGUSR1) and event-loop task (SIGUSR2) of the launcher's children: its log."""
-    for pid in child_pids(launcher.popen.pid):
-        for signum in (signal.SIGUSR1, signal.SIGUSR2):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-    await asyncio.sleep(2.0)
-    return launcher.log_tail(3000)
 
 
 def child_pids(parent: int) -> list[int]:
@@ -194,13 +190,12 @@ async def test_streams_join_to_the_final_text(tiny_model_dir: Path, scheduler: s
     flags = ("--shard", "bundled", "--scheduler", scheduler, "--max-concurrent-requests", "256")
     child, url = launch(tiny_model_dir, *flags)
     try:
-        running = asyncio.ensure_future(soak(url, Vocabulary.of(tiny_model_dir), soak_cases(CASES)))
-        done, _ = await asyncio.wait([running], timeout=SOAK_TIMEOUT_S)
-        if not done:
-            report = await hang_report(child)
-            running.cancel()
+        try:
+            mismatches = await soak(url, Vocabulary.of(tiny_model_dir), soak_cases(CASES))
+        except Hang as hang:
+            await dump_process_stacks(child_pids(child.popen.pid))
+            report = f"{hang}\n{child.log_tail(3000)}"
             pytest.fail(f"the soak still runs after {SOAK_TIMEOUT_S:g} s: a hang\n{report}")
-        mismatches = running.result()
     finally:
         assert child.stop(timeout=30) == 0, child.log_tail()
     assert_no_mismatch(mismatches, CASES)

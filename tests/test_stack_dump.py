@@ -33,11 +33,12 @@ async def waits_forever():
     await asyncio.Event().wait()
 
 async def main():
-    waiter = asyncio.ensure_future(waits_forever())
+    waiters = [asyncio.ensure_future(waits_forever()) for _ in range(3)]
     await asyncio.sleep(0)
     os.kill(os.getpid(), signal.SIGUSR2)
     await asyncio.sleep(0.1)
-    waiter.cancel()
+    for waiter in waiters:
+        waiter.cancel()
     print("still running")
 
 event_loop.run(main())
@@ -48,5 +49,6 @@ def test_sigusr2_dumps_every_task_of_the_event_loop_and_the_process_goes_on() ->
     done = subprocess.run([sys.executable, "-c", TASKS_SCRIPT], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "still running"
-    assert "asyncio tasks" in done.stderr
-    assert "waits_forever" in done.stderr  # where the waiting coroutine awaits
+    assert "4 asyncio tasks, 2 distinct" in done.stderr  # main and three waiters alike
+    assert "3 tasks (" in done.stderr
+    assert done.stderr.count("in waits_forever") == 1  # where they await, once for the three

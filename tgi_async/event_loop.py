@@ -6,7 +6,8 @@ cuts their CPU per step; on a machine where the shard shares its core with nothi
 taken from the model (measured: shard busy fraction 0.86 -> 0.91 in benchmarks.schedulers).
 
 `kill -USR2 <pid>` writes the stack of every task of the loop to stderr (the log): where each coroutine
-awaits, which a thread dump (SIGUSR1, tgi_async/cli.py) of a loop waiting in its selector cannot show.
+awaits, which a thread dump (SIGUSR1, tgi_async/cli.py) of a loop waiting in its selector cannot show;
+tasks suspended alike are one entry with their count.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -36,18 +37,30 @@ async def _with_task_dumps(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _dump_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """Each task and the chain of awaits it is suspended in, outermost first (a task's own stack has only
-    its outermost coroutine)."""
-    tasks = asyncio.all_tasks(loop)
-    lines = [f"--- {len(tasks)} asyncio tasks"]
+    print(*describe_tasks(asyncio.all_tasks(loop)), sep="\n", file=sys.__stderr__, flush=True)
+
+
+def describe_tasks(tasks: Iterable[asyncio.Task[Any]]) -> list[str]:
+    """Each distinct chain of awaits the tasks are suspended in, outermost first, once with the tasks in it
+    (a task's own stack has only its outermost coroutine; a thousand requests waiting alike are one entry)."""
+    by_chain: dict[tuple[str, ...], list[str]] = {}
     for task in tasks:
-        lines.append(f"Task {task.get_name()!r}:")
-        awaited: Any = task.get_coro()
-        while awaited is not None:
-            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-            if frame is not None:
-                lines.append(
-                    f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, in {frame.f_code.co_name}'
-                )
-            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    print(*lines, sep="\n", file=sys.__stderr__, flush=True)
+        by_chain.setdefault(await_chain(task.get_coro()), []).append(task.get_name())
+    lines = [f"--- {sum(map(len, by_chain.values()))} asyncio tasks, {len(by_chain)} distinct"]
+    for chain, names in sorted(by_chain.items(), key=lambda item: -len(item[1])):
+        shown = ", ".join(repr(name) for name in names[:4]) + (", ..." if len(names) > 4 else "")
+        lines.append(f"{len(names)} task{'s' if len(names) > 1 else ''} ({shown}):")
+        lines.extend(chain)
+    return lines
+
+
+def await_chain(awaited: Any) -> tuple[str, ...]:
+    """The frames of a coroutine and of what it awaits, down to the innermost, one traceback line each."""
+    lines = []
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return tuple(lines)

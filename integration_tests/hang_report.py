@@ -1,0 +1,73 @@
+"""What a test that waits too long on a server reports: where each side waits, in few enough lines that CI's
+output keeps them.
+
+- the processes: every thread's stack (SIGUSR1, tgi_async/cli.py) and every event-loop task, alike tasks once
+  (SIGUSR2, tgi_async/event_loop.py), written to their logs;
+- the client: where its unanswered requests await, and its connection pool's connections and queue;
+- the kernel: the TCP sockets to and from the server's port by state, with bytes not yet read or acknowledged
+  (a request in a server socket's receive queue was sent and never read; a listening socket's receive queue
+  is its accept backlog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+
+from tgi_async.event_loop import describe_tasks
+
+TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+    "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}  # fmt: skip
+
+
+async def dump_process_stacks(pids: Iterable[int]) -> None:
+    """Ask each process for its threads' and tasks' stacks; both are written to its log at once."""
+    for pid in pids:
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    await asyncio.sleep(2.0)
+
+
+def client_report(pending: Iterable[asyncio.Task], client: httpx.AsyncClient) -> str:
+    lines = ["--- client: unanswered requests", *describe_tasks(pending)]
+    pool = getattr(client._transport, "_pool", None)  # httpx 0.28's AsyncHTTPTransport: an httpcore pool
+    if pool is not None:
+        states = Counter(connection.info() for connection in pool.connections)
+        queued = sum(request.is_queued() for request in getattr(pool, "_requests", ()))
+        lines.append(f"pool: {queued} requests queued; connections: {dict(states)}")
+    return "\n".join(lines)
+
+
+def tcp_report(port: int) -> str:
+    """The sockets on this host with `port` at either end, by side and state: how many, and the bytes they
+    hold (sent and not acknowledged; received and not read)."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                local, remote, state, queues = row.split()[1:5]
+                if int(local.rsplit(":", 1)[1], 16) == port:
+                    side = "server"
+                elif int(remote.rsplit(":", 1)[1], 16) == port:
+                    side = "client"
+                else:
+                    continue
+                unacked, unread = (int(value, 16) for value in queues.split(":"))
+                total = totals.setdefault((side, TCP_STATES.get(state, state)), [0, 0, 0])
+                total[0] += 1
+                total[1] += unacked
+                total[2] += unread
+    lines = [f"--- TCP sockets of port {port}"]
+    for (side, state), (count, unacked, unread) in sorted(totals.items()):
+        lines.append(f"{side} {state}: {count} sockets, {unacked} bytes unacknowledged, {unread} unread")
+    return "\n".join(lines)
