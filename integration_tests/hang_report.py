@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
+import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,14 +41,31 @@ async def dump_process_stacks(pids: Iterable[int]) -> None:
     await asyncio.sleep(2.0)
 
 
-def client_report(pending: Iterable[asyncio.Task], client: httpx.AsyncClient) -> str:
+def client_report(pending: set[asyncio.Task], client: httpx.AsyncClient) -> str:
+    """The unanswered requests' await chains and the pool, then what else this (test) process runs: the
+    other tasks of its event loop (pytest's, shared by every test of the session) and its threads."""
     lines = ["--- client: unanswered requests", *describe_tasks(pending)]
     pool = getattr(client._transport, "_pool", None)  # httpx 0.28's AsyncHTTPTransport: an httpcore pool
     if pool is not None:
         states = Counter(connection.info() for connection in pool.connections)
         queued = sum(request.is_queued() for request in getattr(pool, "_requests", ()))
         lines.append(f"pool: {queued} requests queued; connections: {dict(states)}")
+    others = asyncio.all_tasks() - pending - {asyncio.current_task()}
+    lines += ["--- client: the event loop's other tasks", *describe_tasks(others)]
+    threads = thread_places()
+    lines.append(f"--- client: {sum(threads.values())} threads")
+    lines += [f"{count} x {place}" for place, count in threads.items()]
     return "\n".join(lines)
+
+
+def thread_places() -> Counter[str]:
+    """This process's threads by name (numbers dropped: a pool's threads are one) and innermost frame."""
+    names = {thread.ident: re.sub(r"[-_\d]+$", "", thread.name) for thread in threading.enumerate()}
+    places: Counter[str] = Counter()
+    for ident, frame in sys._current_frames().items():
+        code, name = frame.f_code, names.get(ident, "?")
+        places[f"{name} in {code.co_name} ({Path(code.co_filename).name}:{frame.f_lineno})"] += 1
+    return places
 
 
 def tcp_report(port: int) -> str:
