@@ -50,12 +50,48 @@ def client_report(pending: set[asyncio.Task], client: httpx.AsyncClient) -> str:
         states = Counter(connection.info() for connection in pool.connections)
         queued = sum(request.is_queued() for request in getattr(pool, "_requests", ()))
         lines.append(f"pool: {queued} requests queued; connections: {dict(states)}")
+        lines += read_paths(connection for connection in pool.connections if "ACTIVE" in connection.info())
     others = asyncio.all_tasks() - pending - {asyncio.current_task()}
     lines += ["--- client: the event loop's other tasks", *describe_tasks(others)]
     threads = thread_places()
     lines.append(f"--- client: {sum(threads.values())} threads")
     lines += [f"{count} x {place}" for place, count in threads.items()]
     return "\n".join(lines)
+
+
+def read_paths(connections: Iterable[object]) -> list[str]:
+    """For each connection, whether its socket can ever be read: the transport reading or paused, the event
+    loop's selector key for its fd, and the kernel's epoll registration of that fd (/proc/self/fdinfo)."""
+    loop = asyncio.get_running_loop()
+    selector = getattr(loop, "_selector", None)
+    epoll_fd = selector._selector.fileno() if selector is not None else None  # type: ignore[union-attr]
+    registered = _epoll_registrations(epoll_fd) if epoll_fd is not None else {}
+    lines = []
+    for connection in connections:
+        try:
+            stream = connection._connection._network_stream._stream  # type: ignore[attr-defined]
+            transport, protocol = stream._transport, stream._protocol
+            fd = transport.get_extra_info("socket").fileno()
+            key = selector.get_map().get(fd) if selector is not None else None  # type: ignore[union-attr]
+            lines.append(
+                f"fd {fd}: transport reading={transport.is_reading()} closing={transport.is_closing()}, "
+                f"protocol queued={len(protocol.read_queue)} event={protocol.read_event.is_set()}, "
+                f"selector events={key.events if key else None}, epoll events={registered.get(fd)}"
+            )
+        except Exception as exc:  # a report must not fail: say what could not be read
+            lines.append(f"read path unknown: {exc!r}")
+    return lines
+
+
+def _epoll_registrations(epoll_fd: int) -> dict[int, str]:
+    """{fd: event mask} the kernel's epoll instance watches for this process."""
+    registered = {}
+    with contextlib.suppress(OSError):
+        for row in Path(f"/proc/self/fdinfo/{epoll_fd}").read_text().splitlines():
+            if row.startswith("tfd:"):
+                fields = row.split()
+                registered[int(fields[1])] = fields[3]
+    return registered
 
 
 def thread_places() -> Counter[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 import httpx
@@ -29,5 +30,7 @@ async def test_a_request_the_server_never_reads_shows_in_the_client_and_the_sock
     assert "in _receive_event" in client_side  # awaits the response, not a connection from the pool
     assert "0 requests queued; connections: {\"'http://127.0.0.1:" in client_side
     assert "', HTTP/1.1, ACTIVE, Request Count: 1\": 1}" in client_side
+    # its socket is watched at every layer (a request stuck with one of these off would never be read)
+    assert re.search(r"fd \d+: transport reading=True .* selector events=1, epoll events=\w+", client_side)
     assert "server LISTEN: 1 sockets, 0 bytes unacknowledged, 1 unread" in sockets  # never accepted
     assert "client ESTABLISHED: 1 sockets" in sockets
