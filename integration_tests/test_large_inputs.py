@@ -16,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from integration_tests.conftest import launch
+from integration_tests.conftest import OWN_EVENT_LOOP, launch
 from tgi_async.launcher.processes import ChildProcess
+
+pytestmark = OWN_EVENT_LOOP
 
 MAX_GAP_S = 1.0
 SIZE = 1_000_000

@@ -11,8 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from integration_tests.conftest import OWN_EVENT_LOOP
 from integration_tests.hang_report import client_report, dump_process_stacks, tcp_report
 from tgi_async.launcher.processes import ChildProcess, start_bundled_shard, start_router
+
+pytestmark = OWN_EVENT_LOOP
 
 WORDS = "the batch decode prefill stream router shard queue kernel tensor cache block slot".split()
 

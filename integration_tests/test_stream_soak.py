@@ -22,10 +22,12 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
-from integration_tests.conftest import launch, tgi_shard_available
+from integration_tests.conftest import OWN_EVENT_LOOP, launch, tgi_shard_available
 from integration_tests.hang_report import client_report, dump_process_stacks, tcp_report
 from integration_tests.stream_text import joined_chat, joined_completion, joined_tokens, sse_data
 from tgi_async.shard.detokenize import REPLACEMENT_CHARACTER, special_token_ids
+
+pytestmark = OWN_EVENT_LOOP
 
 CASES = 2000  # 3,000 requests: a /generate_stream alone, an OpenAI route with its non-streamed twin
 CONCURRENCY = 48
