@@ -23,11 +23,11 @@ from tgi_async.launcher.processes import (
 )
 
 # NOTE: a module whose clients hold many connections at once runs its async tests on an event loop of its own,
-# as a real client runs in a process of its own, not on pytest's session loop that 1,100 earlier tests used.
-# Six times in full-suite runs (never in ~500 runs of these modules alone) requests waited, router and shard
-# idle, their responses unread in the client's sockets; integration_tests/hang_report.py showed the session
-# loop's selector had lost those sockets' keys while their transports still read: something an earlier test
-# left on that loop removes readers of file descriptors it no longer owns (not found yet).
+# as a real client runs in a process of its own, not on pytest's session loop. Six full-suite runs hung there:
+# an AsyncOpenAI client an earlier test left open was collected, its sockets closed by the collector, and the
+# aclose() that openai's __del__ then schedules on the running loop aborted those transports, removing the
+# readers of their old file descriptors: by then other clients' sockets (cpython#130141). Every async client
+# is closed now; a loop of its own keeps such a leak elsewhere from reaching these modules.
 OWN_EVENT_LOOP = pytest.mark.asyncio(loop_scope="module")
 
 

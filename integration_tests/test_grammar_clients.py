@@ -107,47 +107,48 @@ async def openai_tool_request(client: AsyncOpenAI, choice: str, stream: bool) ->
 
 
 async def test_openai_tools_auto_and_required_streamed_and_not(stack: str) -> None:
-    client = AsyncOpenAI(base_url=f"{stack}/v1", api_key="-", max_retries=0, timeout=300)
-    kinds = [(choice, stream) for choice in ("auto", "required") for stream in (False, True)]
-    jobs = [kinds[i % len(kinds)] for i in range(REQUESTS)]
-    limit = asyncio.Semaphore(CONCURRENCY)
+    async with AsyncOpenAI(base_url=f"{stack}/v1", api_key="-", max_retries=0, timeout=300) as client:
+        kinds = [(choice, stream) for choice in ("auto", "required") for stream in (False, True)]
+        jobs = [kinds[i % len(kinds)] for i in range(REQUESTS)]
+        limit = asyncio.Semaphore(CONCURRENCY)
 
-    async def run(choice: str, stream: bool) -> tuple[str, bool, str]:
-        async with limit:
-            return choice, stream, await openai_tool_request(client, choice, stream)
+        async def run(choice: str, stream: bool) -> tuple[str, bool, str]:
+            async with limit:
+                return choice, stream, await openai_tool_request(client, choice, stream)
 
-    outcomes = Counter(await asyncio.gather(*(run(*job) for job in jobs)))
-    assert sum(outcomes.values()) == REQUESTS
-    assert outcomes[("required", False, "tool")] == outcomes[("required", True, "tool")] == REQUESTS // 4
-    # auto: the model may answer in text (TGI's no_tool); over 100 requests it also calls tools
-    assert outcomes[("auto", False, "tool")] + outcomes[("auto", True, "tool")] > 0, outcomes
+        outcomes = Counter(await asyncio.gather(*(run(*job) for job in jobs)))
+        assert sum(outcomes.values()) == REQUESTS
+        assert outcomes[("required", False, "tool")] == outcomes[("required", True, "tool")] == REQUESTS // 4
+        # auto: the model may answer in text (TGI's no_tool); over 100 requests it also calls tools
+        assert outcomes[("auto", False, "tool")] + outcomes[("auto", True, "tool")] > 0, outcomes
 
 
 async def test_openai_named_tool_and_response_formats(stack: str) -> None:
-    client = AsyncOpenAI(base_url=f"{stack}/v1", api_key="-", max_retries=0, timeout=300)
-    named = {"type": "function", "function": {"name": "set_alarm"}}
-    for _ in range(5):
-        answer = await client.chat.completions.create(
-            model="tgi", messages=MESSAGES, tools=TOOLS, tool_choice=named, max_tokens=MAX_TOKENS
-        )
-        call = answer.choices[0].message.tool_calls[0]
-        assert call.function.name == "set_alarm"
-        valid_call("set_alarm", call.function.arguments)
-    formats = [
-        ({"type": "json_schema", "value": {"name": "weather", "schema": WEATHER}}, WEATHER),
-        ({"type": "json_object", "value": ALARM}, ALARM),
-        ({"type": "json", "value": json.dumps(WEATHER)}, WEATHER),
-    ]
-    for response_format, schema in formats * 5:
-        answer = await client.chat.completions.create(
-            model="tgi", messages=MESSAGES, response_format=response_format, max_tokens=MAX_TOKENS
-        )
-        jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
-    for _ in range(5):
-        answer = await client.chat.completions.create(
-            model="tgi", messages=MESSAGES, response_format={"type": "regex", "value": REGEX}, max_tokens=20
-        )
-        assert re.fullmatch(REGEX, answer.choices[0].message.content)
+    async with AsyncOpenAI(base_url=f"{stack}/v1", api_key="-", max_retries=0, timeout=300) as client:
+        named = {"type": "function", "function": {"name": "set_alarm"}}
+        for _ in range(5):
+            answer = await client.chat.completions.create(
+                model="tgi", messages=MESSAGES, tools=TOOLS, tool_choice=named, max_tokens=MAX_TOKENS
+            )
+            call = answer.choices[0].message.tool_calls[0]
+            assert call.function.name == "set_alarm"
+            valid_call("set_alarm", call.function.arguments)
+        formats = [
+            ({"type": "json_schema", "value": {"name": "weather", "schema": WEATHER}}, WEATHER),
+            ({"type": "json_object", "value": ALARM}, ALARM),
+            ({"type": "json", "value": json.dumps(WEATHER)}, WEATHER),
+        ]
+        for response_format, schema in formats * 5:
+            answer = await client.chat.completions.create(
+                model="tgi", messages=MESSAGES, response_format=response_format, max_tokens=MAX_TOKENS
+            )
+            jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
+        for _ in range(5):
+            regex = {"type": "regex", "value": REGEX}
+            answer = await client.chat.completions.create(
+                model="tgi", messages=MESSAGES, response_format=regex, max_tokens=20
+            )
+            assert re.fullmatch(REGEX, answer.choices[0].message.content)
 
 
 def test_huggingface_hub_tools_and_grammars(stack: str) -> None:

@@ -58,10 +58,10 @@ def test_huggingface_hub_client(tgi_url):
 
 
 async def test_huggingface_hub_async_client(tgi_url):
-    client = AsyncInferenceClient(tgi_url, timeout=60)
-    output = await client.text_generation(
-        PROMPT, max_new_tokens=3, details=True, decoder_input_details=True, return_full_text=False
-    )
-    assert output.details.prefill and output.details.prefill[0].logprob is None
-    texts = [c async for c in await client.text_generation(PROMPT, max_new_tokens=3, stream=True)]
-    assert "".join(texts) == output.generated_text
+    async with AsyncInferenceClient(tgi_url, timeout=60) as client:
+        output = await client.text_generation(
+            PROMPT, max_new_tokens=3, details=True, decoder_input_details=True, return_full_text=False
+        )
+        assert output.details.prefill and output.details.prefill[0].logprob is None
+        texts = [c async for c in await client.text_generation(PROMPT, max_new_tokens=3, stream=True)]
+        assert "".join(texts) == output.generated_text
