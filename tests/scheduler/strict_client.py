@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -100,10 +100,13 @@ def assert_blocks_back(scheduler: SchedulerCore) -> None:
         assert allocator.free_blocks + cached == allocator.total_blocks - 1
 
 
-async def settle(scheduler: SchedulerCore) -> None:
-    """Give abandoned requests the loops' next steps to leave (and failed calls their deadlines)."""
+async def settle(scheduler: SchedulerCore, shard_cache: Callable[[], Mapping] | None = None) -> None:
+    """Give abandoned requests the loops' next steps to leave (and failed calls their deadlines); given the
+    shard's cache, also the FilterBatch or ClearCache that a step still sends for requests that just ended
+    (the state empties first: a batch never cleared still fails the caller's check, 2 s later)."""
     for _ in range(2000):
-        if not scheduler.state.running and not scheduler.state.waiting:
+        idle = not scheduler.state.running and not scheduler.state.waiting
+        if idle and not (shard_cache is not None and shard_cache()):
             return
         await asyncio.sleep(0.001)
 
