@@ -41,6 +41,16 @@ async def dump_process_stacks(pids: Iterable[int]) -> None:
     await asyncio.sleep(2.0)
 
 
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (a launcher's router and shards)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(stat.parent.name))
+    return pids
+
+
 def client_report(pending: set[asyncio.Task], client: httpx.AsyncClient) -> str:
     """The unanswered requests' await chains and the pool, then what else this (test) process runs: the
     other tasks of its event loop (pytest's, shared by every test of the session) and its threads."""

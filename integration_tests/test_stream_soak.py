@@ -10,7 +10,6 @@ non-streamed twin), stop sequences, seeds, lengths, prompts holding special toke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from integration_tests.conftest import OWN_EVENT_LOOP, launch, tgi_shard_available
-from integration_tests.hang_report import client_report, dump_process_stacks, tcp_report
+from integration_tests.hang_report import child_pids, client_report, dump_process_stacks, tcp_report
 from integration_tests.stream_text import joined_chat, joined_completion, joined_tokens, sse_data
 from tgi_async.shard.detokenize import REPLACEMENT_CHARACTER, special_token_ids
 
@@ -176,15 +175,6 @@ def assert_no_mismatch(mismatches: dict[str, list[str]], cases: int) -> None:
 # NOTE: the soak takes 30-60 s on a 2-core machine, loaded or not: still running after this long is a hang,
 # reported with the router's and shard's stacks well before pytest's 300 s.
 SOAK_TIMEOUT_S = 200.0
-
-
-def child_pids(parent: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                pids.append(int(stat.parent.name))
-    return pids
 
 
 @pytest.mark.parametrize("scheduler", ["async", "sync"])

@@ -246,9 +246,8 @@ class Engine:
             input_ids[targets] = source.result().next_ids.index_select(0, sources)
         graph_shape = self.graphs.shape(prepared) if self.graphs is not None else None
         if graph_shape is not None:
-            logits = self.graphs.run(
-                prepared, input_ids, graph_shape
-            )  # sampled below, before the next replay
+            # sampled below, before the next replay overwrites the graph's logits
+            logits = self.graphs.run(prepared, input_ids, graph_shape)
         else:
             dense = self._decode_context(prepared)
             output = self.model(
